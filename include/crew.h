@@ -1,0 +1,493 @@
+/*
+ * crew.h - the one public header of libcrew, a worker pool for C.
+ *
+ * Conventions that hold for every function below:
+ *
+ * - A fallible function returns int: 0 on success or a negative CREW_E* code, each equal to
+ *   a negated errno value. crew_strerror() and crew_err_name() describe any code.
+ * - Objects are opaque and come back through an out-parameter; an options struct whose
+ *   fields are all zero (or a NULL pointer to one) asks for the defaults.
+ * - Time is int64_t nanoseconds on CLOCK_MONOTONIC (crew_now()). A blocking call takes an
+ *   absolute deadline: CREW_FOREVER waits without limit, CREW_NOW (or any instant already
+ *   past) only tries, and crew_deadline_in() builds one from a duration. It also takes an
+ *   optional crew_ctx: cancelling that ctx ends the wait with the ctx's error. So one call
+ *   covers the blocking, try, timed and cancellable forms.
+ * - Ownership: if a call that takes a job fails, the job's function is never called and
+ *   the caller still owns its argument. If it succeeds, exactly one of the job's function
+ *   or the pool's discard callback is called for it, exactly once.
+ * - The library never prints and never touches errno for reporting.
+ */
+#ifndef CREW_H
+#define CREW_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CREW_VERSION_MAJOR  0
+#define CREW_VERSION_MINOR  1
+#define CREW_VERSION_PATCH  0
+#define CREW_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define CREW_EXPORT      __attribute__((visibility("default")))
+#define CREW_WARN_UNUSED __attribute__((warn_unused_result))
+#else
+#define CREW_EXPORT
+#define CREW_WARN_UNUSED
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Version and errors
+ * ------------------------------------------------------------------------------------- */
+
+/* The version this library was built as, "MAJOR.MINOR.PATCH". Never fails; thread-safe. */
+CREW_EXPORT const char *crew_version(void);
+
+/* X(name, errno value, message): the one table behind the codes, crew_strerror and
+ * crew_err_name. */
+#define CREW_ERRNO_MAP(X)                                                                          \
+    X(AGAIN, EAGAIN, "queue is full")                                                              \
+    X(TIMEDOUT, ETIMEDOUT, "deadline exceeded")                                                    \
+    X(CANCELED, ECANCELED, "operation cancelled")                                                  \
+    X(PIPE, EPIPE, "channel is closed")                                                            \
+    X(SHUTDOWN, ESHUTDOWN, "pool is shut down")                                                    \
+    X(DEADLK, EDEADLK, "job would wait on its own full pool")                                      \
+    X(CHILD, ECHILD, "worker process crashed")                                                     \
+    X(INVAL, EINVAL, "invalid argument")                                                           \
+    X(NOMEM, ENOMEM, "out of memory")                                                              \
+    X(RANGE, ERANGE, "value out of range")                                                         \
+    X(BUSY, EBUSY, "resource busy")
+
+enum {
+#define CREW__ERR_ENUM(name, value, msg) CREW_E##name = -(value),
+    CREW_ERRNO_MAP(CREW__ERR_ENUM)
+#undef CREW__ERR_ENUM
+};
+
+/* A sentence describing rc ("deadline exceeded"); for 0 "success"; for a code the table
+ * does not know, strerror's text for -rc, or "unknown error". The string is static.
+ * Never fails; thread-safe. */
+CREW_EXPORT const char *crew_strerror(int rc);
+
+/* The code's name ("CREW_ETIMEDOUT"); "CREW_OK" for 0, "CREW_E?" for an unknown code.
+ * The string is static. Never fails; thread-safe. */
+CREW_EXPORT const char *crew_err_name(int rc);
+
+/* ---------------------------------------------------------------------------------------
+ * Time
+ * ------------------------------------------------------------------------------------- */
+
+#define CREW_FOREVER ((int64_t)-1) /* deadline: wait without limit */
+#define CREW_NOW     ((int64_t)0)  /* deadline: do not wait, only try */
+
+#define CREW_NSEC ((int64_t)1)
+#define CREW_USEC ((int64_t)1000)
+#define CREW_MSEC ((int64_t)1000000)
+#define CREW_SEC  ((int64_t)1000000000)
+
+/* Nanoseconds on CLOCK_MONOTONIC. Never fails; thread-safe; async-signal-safe. */
+CREW_EXPORT int64_t crew_now(void);
+
+/* The deadline ns nanoseconds from now: crew_now() + ns. A negative ns gives CREW_FOREVER;
+ * an overflowing sum saturates to CREW_FOREVER. Never fails; thread-safe. */
+CREW_EXPORT int64_t crew_deadline_in(int64_t ns);
+
+/* Parses a duration such as "250ms", "30s", "1m30s", "1h", "1.5s", "100us", "20ns", or a
+ * bare number of seconds ("2", "0.5"), into *out nanoseconds. Units: ns, us, ms, s, m, h
+ * (also d for days). Returns CREW_EINVAL for text that is not a duration (then *out is
+ * unchanged), CREW_ERANGE when it exceeds INT64_MAX nanoseconds. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_duration_parse(const char *s, int64_t *out);
+
+/* Number of CPUs this process may run on (sched_getaffinity), at least 1. Thread-safe. */
+CREW_EXPORT unsigned crew_ncpu(void);
+
+/* ---------------------------------------------------------------------------------------
+ * Cancellation contexts (crew_ctx): the C answer to Go's context.Context
+ *
+ * A ctx is done once it is cancelled: explicitly, by its deadline, or because its parent
+ * was. Children die with their parent, never the other way round. Deadlines fire from one
+ * shared timer thread that starts when first needed and exits when no deadline is pending,
+ * never a thread per ctx. Contexts are reference counted: the creator holds one reference
+ * and gives it back with crew_ctx_release(); a child holds a reference on its parent.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct crew_ctx crew_ctx;
+
+/* Called once when a ctx is cancelled, with the ctx's error (CREW_ECANCELED or
+ * CREW_ETIMEDOUT). It runs in the thread that cancels (or the timer thread) and must not
+ * block for long. */
+typedef void (*crew_cancel_fn)(void *arg, int err);
+
+/* A registration made by crew_ctx_on_cancel(). */
+typedef struct crew_ctx_hook crew_ctx_hook;
+
+/* The root ctx: never cancelled, no deadline, static. Retain and release on it do
+ * nothing. Never fails; thread-safe. */
+CREW_EXPORT crew_ctx *crew_ctx_background(void);
+
+/* A new ctx, child of parent (NULL means background), cancelled by crew_ctx_cancel() or
+ * when parent is. If parent is already done, the child starts done with parent's error.
+ * *out holds one reference. Returns 0 or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_with_cancel(crew_ctx *parent, crew_ctx **out);
+
+/* As crew_ctx_with_cancel(), and also cancelled with CREW_ETIMEDOUT at the absolute
+ * deadline (CREW_FOREVER: none). The child's deadline is the earlier of its own and its
+ * parent's. A deadline already past gives a ctx that is done at once. Returns 0,
+ * CREW_ENOMEM, or CREW_EAGAIN if the timer thread could not be started.
+ * Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_with_deadline(crew_ctx *parent, int64_t deadline,
+                                                        crew_ctx **out);
+
+/* crew_ctx_with_deadline(parent, crew_deadline_in(timeout), out). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_with_timeout(crew_ctx *parent, int64_t timeout,
+                                                       crew_ctx **out);
+
+/* Cancels c and all its descendants with cause (a negative CREW_E* code that says why;
+ * 0 means CREW_ECANCELED), runs its on-cancel hooks, and wakes everything waiting on it.
+ * crew_ctx_err() then reports CREW_ECANCELED (or CREW_ETIMEDOUT when the cause is
+ * CREW_ETIMEDOUT) and crew_ctx_cause() the cause. The first cancel wins; later calls do
+ * nothing. Cancelling background does nothing. Never blocks on other cancels; thread-safe;
+ * callable from a job and from an on-cancel hook. */
+CREW_EXPORT void crew_ctx_cancel(crew_ctx *c, int cause);
+
+/* True once c is done. One atomic load: cheap enough to poll in a hot loop. Thread-safe. */
+CREW_EXPORT bool crew_ctx_done(const crew_ctx *c);
+
+/* 0 while c is live; once done, CREW_ETIMEDOUT if its deadline (or an ancestor's) passed,
+ * otherwise CREW_ECANCELED. Thread-safe. */
+CREW_EXPORT int crew_ctx_err(const crew_ctx *c);
+
+/* The cause given to the crew_ctx_cancel() that ended c (or its ancestor): 0 while live,
+ * CREW_ETIMEDOUT for a deadline. Thread-safe. */
+CREW_EXPORT int crew_ctx_cause(const crew_ctx *c);
+
+/* c's effective deadline (the earliest along its ancestry), or CREW_FOREVER. */
+CREW_EXPORT int64_t crew_ctx_deadline(const crew_ctx *c);
+
+/* Blocks until c is done or the deadline passes. Returns 0 when c is done, CREW_ETIMEDOUT
+ * when the deadline came first (CREW_NOW only checks). Thread-safe. */
+CREW_EXPORT int crew_ctx_wait(crew_ctx *c, int64_t deadline);
+
+/* Registers fn(arg, err) to run once when c is cancelled. If c is already done, fn runs
+ * now, in this thread, before the call returns. If out is NULL the registration lives until
+ * it fires or c is freed. Otherwise *out receives a hook that the caller must end with
+ * crew_ctx_hook_remove() exactly once. Returns 0 or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_on_cancel(crew_ctx *c, crew_cancel_fn fn, void *arg,
+                                                    crew_ctx_hook **out);
+
+/* Ends a hook and frees it. Returns true if fn was prevented from running, false if it
+ * already ran. If fn is running in another thread, waits until it has returned, so arg may
+ * be freed afterwards. Callable from inside fn itself (returns false). Thread-safe. */
+CREW_EXPORT bool crew_ctx_hook_remove(crew_ctx_hook *h);
+
+/* Takes one more reference on c and returns c. Thread-safe. */
+CREW_EXPORT crew_ctx *crew_ctx_retain(crew_ctx *c);
+
+/* Gives back one reference; the last one frees c, detaching it from its parent and the
+ * timer. Releasing does not cancel c's children: they keep c's state. Thread-safe. */
+CREW_EXPORT void crew_ctx_release(crew_ctx *c);
+
+/* ---------------------------------------------------------------------------------------
+ * Channels (crew_chan): bounded multi-producer multi-consumer queues of fixed-size elements
+ *
+ * Capacity 0 is a rendezvous: a send completes only when a receiver takes the element.
+ * Closing wakes every waiter; receivers drain what is left and then get CREW_EPIPE; a send
+ * on a closed channel returns CREW_EPIPE (it does not crash, unlike Go). Elements are copied
+ * in and out; FIFO order holds for each producer.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct crew_chan crew_chan;
+
+/* A channel of cap elements of elem_size bytes each (elem_size >= 1). Returns 0,
+ * CREW_EINVAL or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_chan_create(crew_chan **out, size_t elem_size, size_t cap);
+
+/* Frees c. No thread may be using it or waiting on it. NULL is ignored. */
+CREW_EXPORT void crew_chan_destroy(crew_chan *c);
+
+/* Copies elem into c. Blocks while c is full (for capacity 0: until a receiver takes it),
+ * until deadline, or until ctx (may be NULL) is done. Returns 0, CREW_EPIPE (closed, also
+ * when closed while waiting), CREW_EAGAIN (full and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, or ctx's error. On failure nothing was sent. Thread-safe; callable from a
+ * job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_chan_send(crew_chan *c, const void *elem, int64_t deadline,
+                                                crew_ctx *ctx);
+
+/* Takes the oldest element into elem (which may be NULL to drop it). Blocks while c is
+ * empty, until deadline or until ctx is done. Returns 0, CREW_EPIPE (closed and empty),
+ * CREW_EAGAIN (empty and deadline is CREW_NOW or past), CREW_ETIMEDOUT, or ctx's error.
+ * Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_chan_recv(crew_chan *c, void *elem, int64_t deadline,
+                                                crew_ctx *ctx);
+
+/* crew_chan_send(c, elem, CREW_NOW, NULL). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_chan_try_send(crew_chan *c, const void *elem);
+
+/* crew_chan_recv(c, elem, CREW_NOW, NULL). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_chan_try_recv(crew_chan *c, void *elem);
+
+/* Closes c: no more sends; waiting senders get CREW_EPIPE, receivers drain then get
+ * CREW_EPIPE. Returns 0, or CREW_EPIPE if c was already closed. Thread-safe. */
+CREW_EXPORT int crew_chan_close(crew_chan *c);
+
+/* Elements buffered now (a snapshot). Thread-safe. */
+CREW_EXPORT size_t crew_chan_len(const crew_chan *c);
+
+/* The capacity given at creation. Thread-safe. */
+CREW_EXPORT size_t crew_chan_cap(const crew_chan *c);
+
+/* True once crew_chan_close() was called. Thread-safe. */
+CREW_EXPORT bool crew_chan_closed(const crew_chan *c);
+
+/* ---------------------------------------------------------------------------------------
+ * Metrics: histograms and snapshots
+ * ------------------------------------------------------------------------------------- */
+
+/* Log-linear buckets over nanoseconds: 8 per power of two, exact below 16 ns, up to about
+ * 2^42 ns (73 minutes); larger values fall in the last bucket. */
+#define CREW_HIST_SUB     8
+#define CREW_HIST_BUCKETS 320
+
+typedef struct crew_hist {
+    uint64_t count;                      /* observations */
+    uint64_t sum;                        /* their sum, ns */
+    uint64_t buckets[CREW_HIST_BUCKETS]; /* observations per bucket */
+} crew_hist;
+
+/* The largest value (ns) that falls in bucket i; INT64_MAX for the last. */
+CREW_EXPORT int64_t crew_hist_bucket_max(size_t i);
+
+/* The bucket a value of ns nanoseconds falls in (negative values count as 0). */
+CREW_EXPORT size_t crew_hist_bucket_of(int64_t ns);
+
+/* Adds one observation of ns to h. Not thread-safe on the same h. */
+CREW_EXPORT void crew_hist_record(crew_hist *h, int64_t ns);
+
+/* The q-quantile (0 <= q <= 1) of h in ns, from its buckets: the upper bound of the bucket
+ * holding the rank, so at most 12.5% above the true value. 0 for an empty h. */
+CREW_EXPORT int64_t crew_hist_quantile(const crew_hist *h, double q);
+
+/* A pool's metrics at one instant. Every accepted job ends in exactly one of succeeded,
+ * failed, cancelled or timed_out; until then it is queued or running. So
+ * submitted == succeeded + failed + cancelled + timed_out + queued + running. */
+typedef struct crew_stats {
+    char name[64];      /* the pool's name: the Prometheus pool label */
+    uint64_t submitted; /* jobs accepted */
+    uint64_t rejected;  /* submits refused: full, timed out, cancelled, shut down */
+    uint64_t started;   /* jobs whose function was called */
+    uint64_t succeeded; /* returned 0 */
+    uint64_t failed;    /* returned an error other than the two below */
+    uint64_t cancelled; /* returned CREW_ECANCELED, or dropped unrun by a cancel */
+    uint64_t timed_out; /* returned CREW_ETIMEDOUT, or waited past their queue budget */
+    uint64_t queued;    /* gauge: accepted, not yet taken by a worker */
+    uint64_t running;   /* gauge: workers inside a job ("busy") */
+    uint64_t workers;   /* gauge: live worker threads */
+    crew_hist wait;     /* time from submit to start (or to being dropped) */
+    crew_hist run;      /* time inside the job's function */
+} crew_stats;
+
+/* Writes the Prometheus text exposition (format 0.0.4) of n snapshots to f: counters
+ * crew_jobs_{submitted,rejected,started,succeeded,failed,cancelled,timed_out}_total,
+ * gauges crew_queue_depth, crew_busy_workers, crew_live_workers, and histograms
+ * crew_queue_wait_seconds and crew_run_seconds, each sample labelled pool="name". Returns
+ * 0, or CREW_EINVAL if a write failed. Thread-safe for distinct f. */
+CREW_EXPORT int crew_prometheus_write(FILE *f, const crew_stats *const *stats, size_t n);
+
+/* ---------------------------------------------------------------------------------------
+ * Thread pool (crew_pool)
+ *
+ * A bounded job queue served by a fixed or elastic set of worker threads. A job is a
+ * function and its argument; its output goes where its argument points. The function
+ * receives a ctx: the pool's, or, when the job has a run budget, a per-job child of it that
+ * times out. A job's return value is its result: 0, or a negative CREW_E* code (or any
+ * negative errno). A job that returns an error never stops its worker.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct crew_pool crew_pool;
+typedef struct crew_future crew_future;
+
+/* A job: runs on a worker with the job's ctx; returns 0 or a negative error code. */
+typedef int (*crew_job_fn)(crew_ctx *ctx, void *arg);
+
+/* Called, instead of fn, for an accepted job that will never run, with the reason:
+ * CREW_ECANCELED (dropped by a cancel or a drain's deadline) or CREW_ETIMEDOUT (waited past
+ * its queue budget). It runs in the thread that drops the job and should free arg. */
+typedef void (*crew_discard_fn)(crew_job_fn fn, void *arg, int reason);
+
+/* Per-worker hooks. init runs first in each new worker thread and may set *state (for a
+ * connection or a handle the worker owns; read it from a job with crew_pool_worker_state);
+ * a non-zero return stops that worker from starting. fini runs last in the worker. */
+typedef int (*crew_worker_init_fn)(void *hook_arg, unsigned worker_id, void **state);
+typedef void (*crew_worker_fini_fn)(void *hook_arg, unsigned worker_id, void *state);
+
+/* Log callback: level is one of CREW_LOG_*, msg a short event name, kv a NULL-terminated
+ * list of key, value strings. Called from any thread; must not call back into the pool. */
+enum { CREW_LOG_ERROR = 0, CREW_LOG_WARN = 1, CREW_LOG_INFO = 2, CREW_LOG_DEBUG = 3 };
+typedef void (*crew_log_fn)(void *log_arg, int level, const char *msg, const char *const *kv);
+
+/* Pool flags. */
+enum {
+    /* Measure no times: no queue-wait or run-time histograms. Saves two clock reads per job
+     * and, with no queue budget, the 8-byte submit timestamp kept per queued job. */
+    CREW_POOL_NO_TIMING = 1u << 0,
+};
+
+typedef struct crew_pool_opts {
+    const char *name;         /* metrics label; default "pool" (copied, at most 63 bytes) */
+    unsigned workers;         /* workers kept alive (the minimum); 0 = crew_ncpu() */
+    unsigned max_workers;     /* elastic ceiling; 0 or < workers = workers (a fixed pool) */
+    size_t queue_cap;         /* jobs waiting for a worker; 0 = no buffer: a submit succeeds
+                                 only when a worker is free to take the job */
+    int64_t idle_timeout;     /* ns a worker above the minimum stays idle before it exits;
+                                 0 = 10 s */
+    int64_t job_timeout;      /* default run budget per job, ns; 0 = none */
+    int64_t queue_timeout;    /* default queue budget per job, ns; 0 = none: a job that waited
+                                 longer is dropped unrun and reported timed out */
+    unsigned priorities;      /* priority levels 0..priorities-1, higher runs first; 0 = 1 */
+    crew_ctx *ctx;            /* parent of the pool's ctx; NULL = background */
+    crew_worker_init_fn init; /* per-worker hooks (may be NULL) and their argument */
+    crew_worker_fini_fn fini;
+    void *hook_arg;
+    crew_discard_fn discard; /* for accepted jobs that never run (may be NULL) */
+    bool results;            /* keep a results channel: see crew_pool_results() */
+    size_t results_cap;      /* its capacity; 0 = queue_cap + max_workers */
+    crew_log_fn log;         /* optional log callback and its argument */
+    void *log_arg;
+    unsigned flags; /* CREW_POOL_* */
+} crew_pool_opts;
+
+/* What a finished job produced, as carried by the results channel. */
+typedef struct crew_result {
+    crew_job_fn fn; /* the job's function */
+    void *arg;      /* its argument: where its output went */
+    int err;        /* what fn returned, or the reason it never ran */
+    int ran;        /* 1 if fn was called, 0 if the job was dropped */
+} crew_result;
+
+/* One job with its own settings, for crew_pool_submit_job(). Zero fields take the pool's
+ * defaults. */
+typedef struct crew_job {
+    crew_job_fn fn;
+    void *arg;
+    crew_discard_fn discard; /* overrides the pool's discard callback */
+    int64_t timeout;         /* run budget, ns; 0 = pool default; < 0 = none */
+    int64_t queue_timeout;   /* queue budget, ns; 0 = pool default; < 0 = none */
+    unsigned priority;       /* 0 (lowest) .. priorities-1; larger values are clamped */
+} crew_job;
+
+/* Creates a pool and starts its minimum workers (running their init hooks). Returns 0,
+ * CREW_EINVAL (bad options), CREW_ENOMEM, CREW_EAGAIN (a thread could not be
+ * created), or the first init hook's error; on failure nothing is left running. Thread-safe.
+ */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pool_create(crew_pool **out, const crew_pool_opts *opts);
+
+/* Shuts p down if it is not (as crew_pool_cancel then crew_pool_wait), then frees it. Do
+ * not call it from one of p's jobs. Futures of p stay valid until released. NULL is
+ * ignored. */
+CREW_EXPORT void crew_pool_destroy(crew_pool *p);
+
+/* Submits fn(ctx, arg). Blocks while the queue is full, until deadline or until ctx (may
+ * be NULL) is done. Returns 0 (accepted), CREW_EAGAIN (full, deadline CREW_NOW or past),
+ * CREW_ETIMEDOUT, ctx's error, CREW_ESHUTDOWN (p no longer accepts jobs), CREW_EINVAL (fn
+ * NULL), or CREW_EDEADLK: called from one of p's own jobs when p is full and no queued job
+ * could be run in its place. (From inside a job, a full queue is first helped through: the
+ * caller runs queued jobs itself until there is room.) No allocation in steady state.
+ * Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pool_submit(crew_pool *p, crew_job_fn fn, void *arg,
+                                                  int64_t deadline, crew_ctx *ctx);
+
+/* crew_pool_submit(p, fn, arg, CREW_NOW, NULL): never blocks. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pool_try_submit(crew_pool *p, crew_job_fn fn, void *arg);
+
+/* As crew_pool_submit(), for a job with its own budgets, priority and discard callback.
+ * If future is not NULL, *future receives a handle to wait for the job's result (on
+ * success only); release it with crew_future_release(). Returns as crew_pool_submit(),
+ * plus CREW_ENOMEM. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pool_submit_job(crew_pool *p, const crew_job *job,
+                                                      crew_future **future, int64_t deadline,
+                                                      crew_ctx *ctx);
+
+/* Blocks until f's job has finished or was dropped, until deadline or until ctx is done.
+ * Returns 0 (f is done), CREW_ETIMEDOUT, CREW_EAGAIN (CREW_NOW and not done), or ctx's
+ * error. Thread-safe. From inside a job of the same pool, waiting may deadlock if all
+ * workers do it: prefer a deadline. */
+CREW_EXPORT int crew_future_wait(crew_future *f, int64_t deadline, crew_ctx *ctx);
+
+/* True once f's job has finished or was dropped. Thread-safe. */
+CREW_EXPORT bool crew_future_done(const crew_future *f);
+
+/* Once done: what the job's function returned, or why it never ran (CREW_ECANCELED,
+ * CREW_ETIMEDOUT). Before that: CREW_EAGAIN. Thread-safe. */
+CREW_EXPORT int crew_future_err(const crew_future *f);
+
+/* The job's argument, where its output went. Thread-safe. */
+CREW_EXPORT void *crew_future_arg(const crew_future *f);
+
+/* True if the job's function was called, false if the job was dropped or is pending. */
+CREW_EXPORT bool crew_future_ran(const crew_future *f);
+
+/* Gives the handle back. Do it exactly once per future, done or not. NULL is ignored. */
+CREW_EXPORT void crew_future_release(crew_future *f);
+
+/* Stops accepting jobs; workers finish the queue and exit. Does not wait (see
+ * crew_pool_wait). Jobs that submit to p during the drain get CREW_ESHUTDOWN. Safe to call
+ * twice and from several threads. Returns 0. Thread-safe; callable from a job. */
+CREW_EXPORT int crew_pool_close(crew_pool *p);
+
+/* Blocks until every worker of a closed or cancelled pool has exited (then the results
+ * channel is closed), or until deadline. Returns 0, CREW_ETIMEDOUT, CREW_EAGAIN (CREW_NOW
+ * and not done), CREW_EINVAL if p was never shut down (it would wait forever), or
+ * CREW_EDEADLK from one of p's jobs. Thread-safe. */
+CREW_EXPORT int crew_pool_wait(crew_pool *p, int64_t deadline);
+
+/* The graceful shutdown: stop accepting, let the workers finish the queue until deadline;
+ * at the deadline drop what is still queued (each reported CREW_ECANCELED) and cancel the
+ * pool's ctx so running jobs stop; then wait for the workers to exit. Returns 0 if all work
+ * finished before the deadline, CREW_ETIMEDOUT if it had to cancel, CREW_EDEADLK from one
+ * of p's jobs. Thread-safe; safe to race with any other shutdown. */
+CREW_EXPORT int crew_pool_drain(crew_pool *p, int64_t deadline);
+
+/* The emergency stop: stop accepting, drop every queued job (each reported as
+ * CREW_ECANCELED to its discard callback, future and the results channel), and cancel the
+ * pool's ctx with cause (0 = CREW_ECANCELED) so running jobs see it. Does not wait. Safe to
+ * call twice and from several threads. Returns 0. Thread-safe; callable from a job. */
+CREW_EXPORT int crew_pool_cancel(crew_pool *p, int cause);
+
+/* Changes the number of workers kept (min) and the ceiling (max; 0 = min). New workers
+ * start at once up to min; extra workers exit when they next go idle. Returns 0,
+ * CREW_EINVAL (max < min or min == 0), CREW_ESHUTDOWN, or CREW_EAGAIN (a thread could not be
+ * created). Thread-safe.
+ */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pool_resize(crew_pool *p, unsigned min, unsigned max);
+
+/* The results channel (elements are crew_result) if opts.results was set, else NULL. Each
+ * accepted job sends exactly one result, also when dropped. The pool closes the channel
+ * once its last worker has exited; read it until CREW_EPIPE. While results are not read,
+ * a full channel blocks the workers. Thread-safe. */
+CREW_EXPORT crew_chan *crew_pool_results(crew_pool *p);
+
+/* The pool's ctx: cancelled by crew_pool_cancel, a drain's deadline, or the parent. */
+CREW_EXPORT crew_ctx *crew_pool_ctx(crew_pool *p);
+
+/* Fills *out with a snapshot of p's metrics. Reading does not stop the workers. Returns 0.
+ * Thread-safe. */
+CREW_EXPORT int crew_pool_stats(crew_pool *p, crew_stats *out);
+
+/* Inside a job: the state its worker's init hook set, else NULL. */
+CREW_EXPORT void *crew_pool_worker_state(void);
+
+/* Inside a job: its worker's id (0, 1, ...); outside a job: -1. */
+CREW_EXPORT int crew_pool_worker_id(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CREW_H */

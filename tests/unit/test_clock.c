@@ -1,0 +1,118 @@
+/* Tests for src/clock.c and src/error.c: time, deadlines, durations, error table. */
+#include "internal.h"
+#include "testutil.h"
+
+#include <string.h>
+
+static void test_now_monotonic(void **state)
+{
+    (void)state;
+    int64_t a = crew_now(), b = crew_now();
+    assert_true(a > 0);
+    assert_true(b >= a);
+}
+
+static void test_deadline_in(void **state)
+{
+    (void)state;
+    int64_t before = crew_now();
+    int64_t d = crew_deadline_in(5 * CREW_SEC);
+    assert_true(d >= before + 5 * CREW_SEC);
+    assert_int_equal(crew_deadline_in(-1), CREW_FOREVER);
+    assert_int_equal(crew_deadline_in(INT64_MAX), CREW_FOREVER); /* saturates */
+    int64_t left;
+    assert_true(crew__deadline_left(CREW_FOREVER, &left));
+    assert_true(left == INT64_MAX);
+    assert_false(crew__deadline_left(CREW_NOW, &left));
+    assert_true(crew__deadline_left(d, &left));
+}
+
+static void test_duration_parse(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        int64_t ns;
+    } ok[] = {{"250ms", 250 * CREW_MSEC},
+              {"30s", 30 * CREW_SEC},
+              {"1m30s", 90 * CREW_SEC},
+              {"1h", 3600 * CREW_SEC},
+              {"1.5s", 1500 * CREW_MSEC},
+              {"100us", 100 * CREW_USEC},
+              {"20ns", 20},
+              {"2", 2 * CREW_SEC},
+              {"0.5", 500 * CREW_MSEC},
+              {"1d", 86400 * CREW_SEC},
+              {"1h2m3s4ms", 3723004 * CREW_MSEC},
+              {"0", 0}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        int64_t v = -7;
+        assert_int_equal(crew_duration_parse(ok[i].s, &v), 0);
+        assert_true(v == ok[i].ns);
+    }
+    static const char *bad[] = {"", "ms", "1x", "1m30", "-1s", "1 s", "s1", ".", "1..2s"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int64_t v = -7;
+        assert_int_equal(crew_duration_parse(bad[i], &v), CREW_EINVAL);
+        assert_true(v == -7); /* untouched on error */
+    }
+    int64_t v;
+    assert_int_equal(crew_duration_parse("999999999999h", &v), CREW_ERANGE);
+    assert_int_equal(crew_duration_parse("99999999999999999999999s", &v), CREW_ERANGE);
+    assert_int_equal(crew_duration_parse(NULL, &v), CREW_EINVAL);
+    assert_int_equal(crew_duration_parse("1s", NULL), CREW_EINVAL);
+}
+
+static void test_ticks(void **state)
+{
+    (void)state;
+    crew__ticks_init();
+    int64_t n0 = crew_now();
+    uint64_t t0 = crew__ticks();
+    while (crew_now() - n0 < 5 * CREW_MSEC)
+        ;
+    uint64_t t1 = crew__ticks();
+    int64_t n1 = crew_now();
+    int64_t ns = crew__ticks_to_ns(t1 - t0);
+    /* The conversion agrees with the clock to within 20% (generous: no timing claim). */
+    assert_true(ns > (n1 - n0) * 8 / 10 && ns < (n1 - n0) * 12 / 10);
+    assert_int_equal(crew__ticks_to_ns((uint64_t)-5), 0); /* a backwards pair clamps */
+}
+
+static void test_ncpu(void **state)
+{
+    (void)state;
+    assert_true(crew_ncpu() >= 1);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    assert_string_equal(crew_strerror(0), "success");
+    assert_string_equal(crew_err_name(0), "CREW_OK");
+    assert_string_equal(crew_err_name(CREW_ETIMEDOUT), "CREW_ETIMEDOUT");
+    assert_string_equal(crew_strerror(CREW_EAGAIN), "queue is full");
+    assert_int_equal(CREW_ESHUTDOWN, -ESHUTDOWN);
+    assert_int_equal(CREW_EDEADLK, -EDEADLK);
+    int codes[] = {CREW_EAGAIN,    CREW_ETIMEDOUT, CREW_ECANCELED, CREW_EPIPE,
+                   CREW_ESHUTDOWN, CREW_EDEADLK,   CREW_ECHILD,    CREW_EINVAL,
+                   CREW_ENOMEM,    CREW_ERANGE,    CREW_EBUSY};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        assert_true(strncmp(crew_err_name(codes[i]), "CREW_E", 6) == 0);
+        assert_string_not_equal(crew_err_name(codes[i]), "CREW_E?");
+        assert_true(strlen(crew_strerror(codes[i])) > 0);
+    }
+    assert_string_equal(crew_err_name(-12345), "CREW_E?");
+    assert_string_equal(crew_strerror(12345), "unknown error");
+    assert_string_equal(crew_strerror(-ENOENT), strerror(ENOENT)); /* any negated errno */
+    assert_string_equal(crew_version(), CREW_VERSION_STRING);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        leak_test(test_now_monotonic), leak_test(test_deadline_in), leak_test(test_duration_parse),
+        leak_test(test_ticks),         leak_test(test_ncpu),        leak_test(test_errors),
+    };
+    return cmocka_run_group_tests_name("clock", tests, NULL, NULL);
+}
