@@ -436,9 +436,10 @@ CREW_EXPORT bool crew_future_ran(const crew_future *f);
 /* Gives the handle back. Do it exactly once per future, done or not. NULL is ignored. */
 CREW_EXPORT void crew_future_release(crew_future *f);
 
-/* Stops accepting jobs; workers finish the queue and exit. Does not wait (see
- * crew_pool_wait). Jobs that submit to p during the drain get CREW_ESHUTDOWN. Safe to call
- * twice and from several threads. Returns 0. Thread-safe; callable from a job. */
+/* Stops accepting jobs from outside; workers finish the queue and exit. Jobs already
+ * running may still submit follow-up jobs to p: a drain finishes all the work (only a
+ * cancel refuses them, with CREW_ESHUTDOWN). Does not wait (see crew_pool_wait). Safe to
+ * call twice and from several threads. Returns 0. Thread-safe; callable from a job. */
 CREW_EXPORT int crew_pool_close(crew_pool *p);
 
 /* Blocks until every worker of a closed or cancelled pool has exited (then the results

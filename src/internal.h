@@ -103,6 +103,9 @@ uint32_t crew__ec_prepare(crew__ec *ec);
 void crew__ec_cancel(crew__ec *ec);
 int crew__ec_wait(crew__ec *ec, uint32_t key, int64_t deadline); /* 0 or CREW_ETIMEDOUT */
 void crew__ec_notify(crew__ec *ec, int n);                       /* n = INT32_MAX wakes all */
+/* As crew__ec_notify, for a caller whose condition change was itself a seq_cst
+ * read-modify-write (a CAS): that RMW orders it, so no fence is needed. */
+void crew__ec_notify_after_rmw(crew__ec *ec, int n);
 
 /* ---- contexts (ctx.c): waiting on a ctx from other modules ----------------------------- */
 
@@ -129,6 +132,11 @@ bool crew__ctx_unwatch(crew_ctx *c, crew__ctx_node *n);
 int crew__ctx_init_child(crew_ctx *c, crew_ctx *parent, int64_t deadline);
 void crew__ctx_fini_child(crew_ctx *c);
 size_t crew__ctx_sizeof(void);
+
+/* ---- channels (chan.c) ----------------------------------------------------------------- */
+
+/* Threads blocked in c's send and recv queues now (a snapshot; for tests and metrics). */
+size_t crew__chan_waiters(const crew_chan *c);
 
 /* ---- the shared timer (timer.c) -------------------------------------------------------- */
 
@@ -163,5 +171,10 @@ static inline void crew__count(_Atomic uint64_t *c, uint64_t n)
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
                           memory_order_relaxed);
 }
+
+/* ---- pool (pool.c): for tests ---------------------------------------------------------- */
+
+/* Threads parked in a submit waiting for room in p. */
+unsigned crew__pool_space_waiters(crew_pool *p);
 
 #endif /* CREW_INTERNAL_H */

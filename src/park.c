@@ -107,11 +107,16 @@ int crew__ec_wait(crew__ec *ec, uint32_t key, int64_t deadline)
     return rc;
 }
 
-void crew__ec_notify(crew__ec *ec, int n)
+void crew__ec_notify_after_rmw(crew__ec *ec, int n)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&ec->waiters, memory_order_relaxed) == 0)
+    if (atomic_load_explicit(&ec->waiters, memory_order_seq_cst) == 0)
         return;
     atomic_fetch_add_explicit(&ec->seq, 1, memory_order_release);
     crew__futex_wake(&ec->seq, n);
+}
+
+void crew__ec_notify(crew__ec *ec, int n)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    crew__ec_notify_after_rmw(ec, n);
 }

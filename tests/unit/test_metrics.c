@@ -541,7 +541,7 @@ static void check_histogram(const exposition *x, const char *fam, const char *po
             assert_int_equal(got, nvals);
             continue;
         }
-        double le;
+        double le = 0;
         assert_true(parse_value(s->le, &le));
         assert_true(le > last_le);
         last_le = le;
@@ -567,7 +567,7 @@ static void check_histogram(const exposition *x, const char *fam, const char *po
         sum_ns += (double)(vals[j] < 0 ? 0 : vals[j]);
     const char *sv = lookup(x, sname, pool, NULL);
     assert_non_null(sv);
-    double sum;
+    double sum = 0;
     assert_true(parse_value(sv, &sum));
     assert_true(fabs(sum - sum_ns / 1e9) <= 1e-12 * (sum_ns / 1e9) + 1e-15);
 }

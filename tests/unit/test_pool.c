@@ -1,0 +1,1087 @@
+/* Tests for src/pool.c: submit forms, futures, budgets, priorities, shutdowns, scaling,
+ * hooks, results, metrics, deadlock avoidance, allocation-free steady state. */
+#include "internal.h"
+#include "testutil.h"
+
+#include <pthread.h>
+#include <string.h>
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+/* A gate that jobs wait behind until the test opens it (or their ctx is cancelled). */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;
+    _Atomic int inside; /* jobs currently waiting at the gate */
+} gate;
+
+static void gate_init(gate *g)
+{
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->open = false;
+    atomic_init(&g->inside, 0);
+}
+
+static void gate_open(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_fini(gate *g)
+{
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+}
+
+/* Waits at the gate; wakes every ms to look at its ctx. Returns the ctx's error if it was
+ * cancelled first, else 0. */
+static int gate_job(crew_ctx *ctx, void *arg)
+{
+    gate *g = arg;
+    atomic_fetch_add(&g->inside, 1);
+    int rc = 0;
+    pthread_mutex_lock(&g->mu);
+    while (!g->open) {
+        if (crew_ctx_done(ctx)) {
+            rc = crew_ctx_err(ctx);
+            break;
+        }
+        pthread_mutex_unlock(&g->mu);
+        crew_ctx_wait(ctx, crew_deadline_in(CREW_MSEC));
+        pthread_mutex_lock(&g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+    atomic_fetch_sub(&g->inside, 1);
+    return rc;
+}
+
+/* Occupies n workers with gate jobs and waits until all n are inside. */
+static void saturate(crew_pool *p, gate *g, int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(crew_pool_submit(p, gate_job, g, CREW_FOREVER, NULL), 0);
+    int64_t until = crew_deadline_in(10 * CREW_SEC);
+    while (atomic_load(&g->inside) < n && crew_now() < until)
+        sched_yield();
+    assert_int_equal(atomic_load(&g->inside), n);
+}
+
+/* Spins (yielding) until cond holds or 10 s pass, evaluating it once per round (it may
+ * have side effects), and asserts that it held. */
+#define eventually(cond)                                                                           \
+    do {                                                                                           \
+        int64_t until_ = crew_deadline_in(10 * CREW_SEC);                                          \
+        bool ok_;                                                                                  \
+        while (!(ok_ = (cond)) && crew_now() < until_)                                             \
+            sched_yield();                                                                         \
+        assert_true(ok_);                                                                          \
+    } while (0)
+
+static _Atomic long counter;
+
+static int count_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    atomic_fetch_add(&counter, 1);
+    return 0;
+}
+
+static int fail_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    atomic_fetch_add(&counter, 1);
+    return -EIO;
+}
+
+static int nop_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+/* Waits for the job's ctx to end: a job that honours its run budget. */
+static int wait_ctx_job(crew_ctx *ctx, void *arg)
+{
+    (void)arg;
+    crew_ctx_wait(ctx, CREW_FOREVER);
+    return crew_ctx_err(ctx);
+}
+
+static _Atomic long discarded, discard_reason_sum;
+
+static void count_discard(crew_job_fn fn, void *arg, int reason)
+{
+    (void)fn;
+    (void)arg;
+    atomic_fetch_add(&discarded, 1);
+    atomic_fetch_add(&discard_reason_sum, reason);
+}
+
+static void reset_counts(void)
+{
+    atomic_store(&counter, 0);
+    atomic_store(&discarded, 0);
+    atomic_store(&discard_reason_sum, 0);
+}
+
+static crew_stats stats_of(crew_pool *p)
+{
+    crew_stats s;
+    assert_int_equal(crew_pool_stats(p, &s), 0);
+    return s;
+}
+
+/* ---- create ---------------------------------------------------------------------------- */
+
+static void test_create_defaults(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, NULL), 0);
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.workers, crew_ncpu());
+    assert_string_equal(s.name, "pool");
+    assert_int_equal(crew_pool_wait(p, CREW_NOW), CREW_EINVAL); /* never shut down */
+    assert_null(crew_pool_results(p));
+    assert_non_null(crew_pool_ctx(p));
+    assert_false(crew_ctx_done(crew_pool_ctx(p)));
+    crew_pool_destroy(p);
+    crew_pool_destroy(NULL);
+}
+
+static void test_create_invalid(void **state)
+{
+    (void)state;
+    crew_pool *p = NULL;
+    assert_int_equal(crew_pool_create(NULL, NULL), CREW_EINVAL);
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.queue_cap = (1ull << 30) + 1}),
+                     CREW_EINVAL);
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.job_timeout = -1}), CREW_EINVAL);
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.queue_timeout = -1}), CREW_EINVAL);
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.idle_timeout = -1}), CREW_EINVAL);
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.priorities = 65}), CREW_EINVAL);
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 70000}), CREW_EINVAL);
+    assert_null(p);
+}
+
+/* Every allocation and thread creation of create fails in turn: each failure returns an
+ * error and leaves nothing behind (threads: leak check; bytes: LeakSanitizer). */
+static void test_create_enomem(void **state)
+{
+    (void)state;
+    int failures = 0;
+    for (long n = 1; n < 100; n++) {
+        crew_pool *p = NULL;
+        crew__test_fail_after(n);
+        int rc =
+            crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 8, .results = true});
+        crew__test_fail_after(0);
+        if (rc == 0) {
+            crew_pool_destroy(p);
+            break;
+        }
+        assert_true(rc == CREW_ENOMEM || rc == CREW_EAGAIN);
+        failures++;
+    }
+    assert_true(failures >= 5); /* pool, rings, results, ctx, worker, thread ... */
+}
+
+static _Atomic int inits, finis;
+
+static int init_hook(void *hook_arg, unsigned id, void **st)
+{
+    atomic_fetch_add(&inits, 1);
+    *st = (char *)hook_arg + id;
+    return 0;
+}
+
+static int init_fail_second(void *hook_arg, unsigned id, void **st)
+{
+    (void)hook_arg;
+    (void)st;
+    return id == 1 ? -EIO : 0;
+}
+
+static void fini_hook(void *hook_arg, unsigned id, void *st)
+{
+    assert_ptr_equal(st, (char *)hook_arg + id);
+    atomic_fetch_add(&finis, 1);
+}
+
+static _Atomic int state_ok;
+
+static int state_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    int id = crew_pool_worker_id();
+    if (id >= 0 && crew_pool_worker_state() == (char *)arg + id)
+        atomic_fetch_add(&state_ok, 1);
+    return 0;
+}
+
+static void test_worker_hooks(void **state)
+{
+    (void)state;
+    static char base[64];
+    atomic_store(&inits, 0);
+    atomic_store(&finis, 0);
+    atomic_store(&state_ok, 0);
+    assert_null(crew_pool_worker_state());
+    assert_int_equal(crew_pool_worker_id(), -1);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 3,
+                                                            .queue_cap = 64,
+                                                            .init = init_hook,
+                                                            .fini = fini_hook,
+                                                            .hook_arg = base}),
+                     0);
+    assert_int_equal(atomic_load(&inits), 3);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(crew_pool_submit(p, state_job, base, CREW_FOREVER, NULL), 0);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&state_ok), 50);
+    assert_int_equal(atomic_load(&finis), 3);
+    crew_pool_destroy(p);
+
+    /* A failing init hook fails create with its error; the started workers are stopped. */
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 3, .init = init_fail_second}), -EIO);
+}
+
+/* ---- submit ---------------------------------------------------------------------------- */
+
+static void test_submit_runs_all(void **state)
+{
+    (void)state;
+    reset_counts();
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 4, .queue_cap = 16}), 0);
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(
+            crew_pool_submit(p, i % 3 ? count_job : fail_job, NULL, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_submit(p, NULL, NULL, CREW_FOREVER, NULL), CREW_EINVAL);
+    assert_int_equal(crew_pool_submit(NULL, nop_job, NULL, CREW_FOREVER, NULL), CREW_EINVAL);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 10000);
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.submitted, 10000);
+    assert_int_equal(s.started, 10000);
+    assert_int_equal(s.failed, 3334); /* a failing job never stops its worker */
+    assert_int_equal(s.succeeded, 6666);
+    assert_int_equal(s.queued + s.running + s.cancelled + s.timed_out, 0);
+    assert_int_equal(s.workers, 0);
+    assert_int_equal(s.run.count, 10000);
+    assert_int_equal(s.wait.count, 10000);
+    crew_pool_destroy(p);
+}
+
+static void test_try_submit_full(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 3}), 0);
+    saturate(p, &g, 2);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
+    assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), CREW_EAGAIN);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, crew_deadline_in(CREW_MSEC), NULL),
+                     CREW_ETIMEDOUT);
+    crew_ctx *ctx;
+    assert_int_equal(crew_ctx_with_cancel(NULL, &ctx), 0);
+    crew_ctx_cancel(ctx, 0);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, ctx), CREW_ECANCELED);
+    crew_ctx_release(ctx);
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.queued, 3);
+    assert_int_equal(s.running, 2);
+    assert_int_equal(s.rejected, 3);
+    gate_open(&g);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, NULL), CREW_ESHUTDOWN);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    s = stats_of(p);
+    assert_int_equal(s.succeeded, 5);
+    assert_int_equal(s.rejected, 4);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+typedef struct blocked_submit {
+    crew_pool *p;
+    crew_ctx *ctx;
+    int rc;
+    _Atomic int started;
+} blocked_submit;
+
+static void *submit_thread(void *arg)
+{
+    blocked_submit *b = arg;
+    atomic_store(&b->started, 1);
+    b->rc = crew_pool_submit(b->p, nop_job, NULL, CREW_FOREVER, b->ctx);
+    return NULL;
+}
+
+/* A submit blocked on a full queue: woken by its ctx, by room, and by shutdown. */
+static void test_submit_blocking_wakeups(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
+    saturate(p, &g, 1);
+    assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
+
+    blocked_submit b = {.p = p};
+    assert_int_equal(crew_ctx_with_cancel(NULL, &b.ctx), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, submit_thread, &b);
+    eventually(crew__pool_space_waiters(p) == 1);
+    crew_ctx_cancel(b.ctx, 0);
+    pthread_join(t, NULL);
+    assert_int_equal(b.rc, CREW_ECANCELED);
+    crew_ctx_release(b.ctx);
+
+    /* Woken by shutdown. */
+    b = (blocked_submit){.p = p};
+    pthread_create(&t, NULL, submit_thread, &b);
+    eventually(crew__pool_space_waiters(p) == 1);
+    crew_pool_close(p);
+    pthread_join(t, NULL);
+    assert_int_equal(b.rc, CREW_ESHUTDOWN);
+    gate_open(&g);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+static void test_submit_blocks_until_room(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
+    saturate(p, &g, 1);
+    assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
+    blocked_submit b = {.p = p};
+    pthread_t t;
+    pthread_create(&t, NULL, submit_thread, &b);
+    eventually(crew__pool_space_waiters(p) == 1);
+    gate_open(&g); /* the worker frees up, takes the queued job, room appears */
+    pthread_join(t, NULL);
+    assert_int_equal(b.rc, 0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(stats_of(p).succeeded, 3);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+/* queue_cap 0: a submit is accepted only when a worker is free to take the job. */
+static void test_unbuffered(void **state)
+{
+    (void)state;
+    reset_counts();
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 0}), 0);
+    saturate(p, &g, 2);
+    assert_int_equal(crew_pool_try_submit(p, count_job, NULL), CREW_EAGAIN);
+    assert_int_equal(crew_pool_submit(p, count_job, NULL, crew_deadline_in(CREW_MSEC), NULL),
+                     CREW_ETIMEDOUT);
+    assert_int_equal(stats_of(p).queued, 0);
+    gate_open(&g);
+    /* Once a worker is idle again, a try succeeds. */
+    eventually(crew_pool_try_submit(p, count_job, NULL) == 0);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 1001);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+/* ---- futures and results --------------------------------------------------------------- */
+
+static int square_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    int *v = arg;
+    *v = *v * *v;
+    return *v == 49 ? -EDOM : 0;
+}
+
+static void test_futures(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 8}), 0);
+    int vals[10];
+    crew_future *f[10];
+    for (int i = 0; i < 10; i++) {
+        vals[i] = i;
+        assert_int_equal(crew_pool_submit_job(p, &(crew_job){.fn = square_job, .arg = &vals[i]},
+                                              &f[i], CREW_FOREVER, NULL),
+                         0);
+    }
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(crew_future_wait(f[i], CREW_FOREVER, NULL), 0);
+        assert_true(crew_future_done(f[i]));
+        assert_true(crew_future_ran(f[i]));
+        assert_ptr_equal(crew_future_arg(f[i]), &vals[i]);
+        assert_int_equal(*(int *)crew_future_arg(f[i]), i * i);
+        assert_int_equal(crew_future_err(f[i]), i == 7 ? -EDOM : 0);
+        crew_future_release(f[i]);
+    }
+    assert_int_equal(crew_pool_submit_job(p, NULL, NULL, CREW_FOREVER, NULL), CREW_EINVAL);
+    assert_int_equal(crew_pool_submit_job(p, &(crew_job){0}, NULL, CREW_FOREVER, NULL),
+                     CREW_EINVAL);
+    crew_future_release(NULL);
+    crew_pool_destroy(p);
+}
+
+static void test_future_wait_forms(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8}), 0);
+    crew_future *f;
+    assert_int_equal(
+        crew_pool_submit_job(p, &(crew_job){.fn = gate_job, .arg = &g}, &f, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_wait(f, CREW_NOW, NULL), CREW_EAGAIN);
+    assert_int_equal(crew_future_err(f), CREW_EAGAIN);
+    assert_false(crew_future_ran(f));
+    assert_int_equal(crew_future_wait(f, crew_deadline_in(CREW_MSEC), NULL), CREW_ETIMEDOUT);
+    crew_ctx *ctx;
+    assert_int_equal(crew_ctx_with_timeout(NULL, 2 * CREW_MSEC, &ctx), 0);
+    assert_int_equal(crew_future_wait(f, CREW_FOREVER, ctx), CREW_ETIMEDOUT);
+    crew_ctx_release(ctx);
+    assert_int_equal(crew_future_wait(NULL, CREW_FOREVER, NULL), CREW_EINVAL);
+    gate_open(&g);
+    assert_int_equal(crew_future_wait(f, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_err(f), 0);
+    crew_pool_destroy(p); /* a future outlives its pool until released */
+    assert_true(crew_future_done(f));
+    crew_future_release(f);
+    gate_fini(&g);
+}
+
+static void test_results_channel(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(
+            &p,
+            &(crew_pool_opts){.workers = 1, .queue_cap = 100, .results = true, .results_cap = 200}),
+        0);
+    crew_chan *res = crew_pool_results(p);
+    assert_non_null(res);
+    saturate(p, &g, 1);
+    int vals[20];
+    for (int i = 0; i < 20; i++) {
+        vals[i] = i;
+        assert_int_equal(crew_pool_submit(p, square_job, &vals[i], CREW_FOREVER, NULL), 0);
+    }
+    crew_pool_cancel(p, 0); /* the gate job sees its ctx cancelled; the 20 are dropped */
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    int ran = 0, dropped = 0;
+    crew_result r;
+    while (crew_chan_recv(res, &r, CREW_FOREVER, NULL) == 0) {
+        if (r.ran) {
+            assert_ptr_equal(r.fn, gate_job);
+            assert_int_equal(r.err, CREW_ECANCELED);
+            ran++;
+        } else {
+            assert_ptr_equal(r.fn, square_job);
+            assert_int_equal(r.err, CREW_ECANCELED);
+            assert_int_equal(*(int *)r.arg, (int *)r.arg - vals); /* never squared */
+            dropped++;
+        }
+    }
+    assert_int_equal(ran, 1);
+    assert_int_equal(dropped, 20);
+    assert_true(crew_chan_closed(res));
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+/* ---- budgets, priorities, discard ------------------------------------------------------ */
+
+static void test_job_timeout(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(
+            &p, &(crew_pool_opts){.workers = 2, .queue_cap = 8, .job_timeout = 5 * CREW_MSEC}),
+        0);
+    crew_future *f1, *f2;
+    /* The pool's default budget, and a job's own (shorter) budget. */
+    assert_int_equal(
+        crew_pool_submit_job(p, &(crew_job){.fn = wait_ctx_job}, &f1, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_submit_job(p, &(crew_job){.fn = wait_ctx_job, .timeout = CREW_MSEC},
+                                          &f2, CREW_FOREVER, NULL),
+                     0);
+    assert_int_equal(crew_future_wait(f1, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_wait(f2, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_err(f1), CREW_ETIMEDOUT);
+    assert_int_equal(crew_future_err(f2), CREW_ETIMEDOUT);
+    crew_future_release(f1);
+    crew_future_release(f2);
+    /* Plain submits get the pool's budget too, and the job ctx is reused per job. */
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(crew_pool_submit(p, wait_ctx_job, NULL, CREW_FOREVER, NULL), 0);
+    /* A job with budget < 0 has none: it sees the pool's ctx, which a drain whose deadline
+     * passes cancels with cause CREW_ETIMEDOUT. */
+    assert_int_equal(crew_pool_submit_job(p, &(crew_job){.fn = wait_ctx_job, .timeout = -1}, &f1,
+                                          CREW_FOREVER, NULL),
+                     0);
+    assert_int_equal(crew_pool_drain(p, crew_deadline_in(200 * CREW_MSEC)), CREW_ETIMEDOUT);
+    assert_int_equal(crew_future_err(f1), CREW_ETIMEDOUT);
+    assert_int_equal(crew_ctx_cause(crew_pool_ctx(p)), CREW_ETIMEDOUT);
+    crew_future_release(f1);
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.timed_out, 23);
+    assert_int_equal(s.cancelled, 0);
+    crew_pool_destroy(p);
+}
+
+static void test_queue_timeout(void **state)
+{
+    (void)state;
+    reset_counts();
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1,
+                                                            .queue_cap = 8,
+                                                            .queue_timeout = CREW_MSEC,
+                                                            .discard = count_discard}),
+                     0);
+    saturate(p, &g, 1);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    crew_future *f;
+    assert_int_equal(crew_pool_submit_job(p, &(crew_job){.fn = count_job, .queue_timeout = -1}, &f,
+                                          CREW_FOREVER, NULL),
+                     0);
+    int64_t t0 = crew_now();
+    while (crew_now() - t0 < 5 * CREW_MSEC) /* let the queued jobs go stale */
+        ;
+    gate_open(&g);
+    assert_int_equal(crew_future_wait(f, CREW_FOREVER, NULL), 0);
+    assert_true(crew_future_ran(f)); /* no budget: it runs however long it waited */
+    crew_future_release(f);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 1);
+    assert_int_equal(atomic_load(&discarded), 3);
+    assert_int_equal(atomic_load(&discard_reason_sum), 3 * CREW_ETIMEDOUT);
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.timed_out, 3);
+    assert_int_equal(s.wait.count, 5); /* dropped jobs' waits are measured too */
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+static int order_log[16];
+static _Atomic int order_n;
+
+static int log_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    order_log[atomic_fetch_add(&order_n, 1)] = (int)(intptr_t)arg;
+    return 0;
+}
+
+static void test_priorities(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    atomic_store(&order_n, 0);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 4, .priorities = 3}), 0);
+    saturate(p, &g, 1);
+    int prio[] = {0, 1, 0, 2, 1, 2, 9}; /* 9 is clamped to 2 */
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(
+            crew_pool_submit_job(
+                p, &(crew_job){.fn = log_job, .arg = (void *)(intptr_t)i, .priority = prio[i]},
+                NULL, CREW_FOREVER, NULL),
+            0);
+    assert_int_equal(stats_of(p).queued, 7);
+    gate_open(&g);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    int want[] = {3, 5, 6, 1, 4, 0, 2}; /* higher first, FIFO within a level */
+    assert_int_equal(atomic_load(&order_n), 7);
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(order_log[i], want[i]);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+static _Atomic long job_discarded;
+
+static void job_discard(crew_job_fn fn, void *arg, int reason)
+{
+    assert_ptr_equal(fn, count_job);
+    assert_int_equal(reason, CREW_ECANCELED);
+    free(arg);
+    atomic_fetch_add(&job_discarded, 1);
+}
+
+/* cancel: queued jobs are dropped, each reported once; running ones see their ctx. */
+static void test_cancel_discards(void **state)
+{
+    (void)state;
+    reset_counts();
+    atomic_store(&job_discarded, 0);
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(
+            &p, &(crew_pool_opts){.workers = 2, .queue_cap = 100, .discard = count_discard}),
+        0);
+    saturate(p, &g, 2);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    for (int i = 0; i < 10; i++) /* per-job discard callbacks free their argument */
+        assert_int_equal(
+            crew_pool_submit_job(
+                p, &(crew_job){.fn = count_job, .arg = malloc(16), .discard = job_discard}, NULL,
+                CREW_FOREVER, NULL),
+            0);
+    assert_int_equal(crew_pool_cancel(p, 0), 0);
+    assert_int_equal(crew_pool_cancel(p, 0), 0); /* twice is fine */
+    assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), CREW_ESHUTDOWN);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 0);
+    assert_int_equal(atomic_load(&discarded), 50);
+    assert_int_equal(atomic_load(&job_discarded), 10);
+    assert_true(crew_ctx_done(crew_pool_ctx(p)));
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.cancelled, 62); /* 60 dropped + 2 gate jobs that saw the cancel */
+    assert_int_equal(s.submitted, 62);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+/* A cancelled parent ctx cancels the pool. */
+static void test_parent_ctx(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_ctx *parent;
+    assert_int_equal(crew_ctx_with_cancel(NULL, &parent), 0);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 4, .ctx = parent}), 0);
+    saturate(p, &g, 1);
+    crew_ctx_cancel(parent, CREW_EBUSY);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(crew_ctx_cause(crew_pool_ctx(p)), CREW_EBUSY);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, NULL), CREW_ESHUTDOWN);
+    crew_pool_destroy(p);
+    /* Created under a parent already done: shut down from the start. */
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .ctx = parent}), 0);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, NULL), CREW_ESHUTDOWN);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_pool_destroy(p);
+    crew_ctx_release(parent);
+    gate_fini(&g);
+}
+
+/* ---- shutdowns --------------------------------------------------------------------------- */
+
+static void test_drain(void **state)
+{
+    (void)state;
+    reset_counts();
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 1000}), 0);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0); /* the whole queue runs */
+    assert_int_equal(atomic_load(&counter), 1000);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0); /* twice is fine */
+    crew_pool_destroy(p);
+
+    /* A drain whose deadline passes cancels what still runs and drops what is queued. */
+    gate g;
+    gate_init(&g);
+    assert_int_equal(
+        crew_pool_create(
+            &p, &(crew_pool_opts){.workers = 1, .queue_cap = 10, .discard = count_discard}),
+        0);
+    reset_counts();
+    saturate(p, &g, 1);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(p, crew_deadline_in(2 * CREW_MSEC)), CREW_ETIMEDOUT);
+    assert_int_equal(atomic_load(&counter), 0);
+    assert_int_equal(atomic_load(&discarded), 5);
+    assert_int_equal(crew_ctx_cause(crew_pool_ctx(p)), CREW_ETIMEDOUT);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+static void test_wait_forms(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
+    saturate(p, &g, 1);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_wait(p, CREW_NOW), CREW_EAGAIN);
+    assert_int_equal(crew_pool_wait(p, crew_deadline_in(CREW_MSEC)), CREW_ETIMEDOUT);
+    gate_open(&g);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(crew_pool_resize(p, 2, 2), CREW_ESHUTDOWN);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+typedef struct racer {
+    crew_pool *p;
+    int which;
+} racer;
+
+static void *shutdown_thread(void *arg)
+{
+    racer *r = arg;
+    switch (r->which % 4) {
+    case 0:
+        crew_pool_close(r->p);
+        crew_pool_wait(r->p, CREW_FOREVER);
+        break;
+    case 1:
+        crew_pool_cancel(r->p, 0);
+        break;
+    case 2:
+        crew_pool_drain(r->p, crew_deadline_in(CREW_MSEC));
+        break;
+    default:
+        crew_pool_drain(r->p, CREW_FOREVER);
+        break;
+    }
+    return NULL;
+}
+
+/* Every shutdown, twice and from several threads at once: no crash, no hang, and every
+ * job is accounted for exactly once. */
+static void test_concurrent_shutdowns(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        reset_counts();
+        crew_pool *p;
+        assert_int_equal(
+            crew_pool_create(
+                &p, &(crew_pool_opts){.workers = 2, .queue_cap = 64, .discard = count_discard}),
+            0);
+        for (int i = 0; i < 64; i++)
+            assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+        pthread_t t[4];
+        racer r[4];
+        for (int i = 0; i < 4; i++) {
+            r[i] = (racer){p, round + i};
+            pthread_create(&t[i], NULL, shutdown_thread, &r[i]);
+        }
+        for (int i = 0; i < 4; i++)
+            pthread_join(t[i], NULL);
+        assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+        assert_int_equal(atomic_load(&counter) + atomic_load(&discarded), 64);
+        crew_pool_destroy(p);
+    }
+}
+
+/* ---- deadlock avoidance ---------------------------------------------------------------- */
+
+typedef struct fanout {
+    crew_pool *p;
+    int n;
+    _Atomic int rc_sum;
+} fanout;
+
+/* A job that blocking-submits n children to its own pool. */
+static int fanout_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    fanout *f = arg;
+    for (int i = 0; i < f->n; i++)
+        atomic_fetch_add(&f->rc_sum, crew_pool_submit(f->p, count_job, NULL, CREW_FOREVER, NULL));
+    return 0;
+}
+
+/* A job that adds work while its pool drains: the drain finishes that work too. */
+static void test_submit_from_job_during_drain(void **state)
+{
+    (void)state;
+    reset_counts();
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 4}), 0);
+    saturate(p, &g, 1);
+    fanout f = {.p = p, .n = 100};
+    assert_int_equal(crew_pool_submit(p, fanout_job, &f, CREW_FOREVER, NULL), 0);
+    eventually(stats_of(p).started >= 2);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), CREW_ESHUTDOWN);
+    gate_open(&g);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&f.rc_sum), 0);
+    assert_int_equal(atomic_load(&counter), 100);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+static void test_self_submit_helped(void **state)
+{
+    (void)state;
+    reset_counts();
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 2}), 0);
+    fanout f = {.p = p, .n = 50};
+    assert_int_equal(crew_pool_submit(p, fanout_job, &f, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0); /* no hang */
+    assert_int_equal(atomic_load(&f.rc_sum), 0);
+    assert_int_equal(atomic_load(&counter), 50);
+    crew_pool_destroy(p);
+}
+
+static void test_self_submit_edeadlk(void **state)
+{
+    (void)state;
+    reset_counts();
+    crew_pool *p;
+    /* Unbuffered with one worker: the job's own submit could never be taken. */
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 0}), 0);
+    fanout f = {.p = p, .n = 1};
+    assert_int_equal(crew_pool_submit(p, fanout_job, &f, CREW_FOREVER, NULL), 0);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&f.rc_sum), CREW_EDEADLK);
+    crew_pool_destroy(p);
+}
+
+static _Atomic int inner_rc;
+
+static int wait_own_pool_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    atomic_store(&inner_rc,
+                 crew_pool_wait(arg, CREW_FOREVER) * 1000 + crew_pool_drain(arg, CREW_FOREVER));
+    return 0;
+}
+
+static void test_wait_from_job(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
+    assert_int_equal(crew_pool_submit(p, wait_own_pool_job, p, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&inner_rc), CREW_EDEADLK * 1000 + CREW_EDEADLK);
+    crew_pool_destroy(p);
+}
+
+/* ---- scaling ----------------------------------------------------------------------------- */
+
+static void test_resize(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8}), 0);
+    assert_int_equal(crew_pool_resize(p, 0, 1), CREW_EINVAL);
+    assert_int_equal(crew_pool_resize(p, 3, 2), CREW_EINVAL);
+    assert_int_equal(crew_pool_resize(p, 4, 0), 0);
+    assert_int_equal(stats_of(p).workers, 4);
+    assert_int_equal(crew_pool_resize(p, 1, 1), 0);
+    eventually(stats_of(p).workers == 1); /* extra workers leave when idle */
+    crew__test_fail_after(1);
+    assert_int_equal(crew_pool_resize(p, 3, 3), CREW_ENOMEM);
+    crew__test_fail_after(0);
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_pool_destroy(p);
+}
+
+/* Resize while busy: no job lost. */
+static void test_resize_busy(void **state)
+{
+    (void)state;
+    reset_counts();
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 4}), 0);
+    for (int i = 0; i < 20000; i++) {
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+        if (i % 1000 == 0)
+            assert_int_equal(crew_pool_resize(p, 1 + (unsigned)(i / 1000) % 4, 0), 0);
+    }
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 20000);
+    crew_pool_destroy(p);
+}
+
+static void test_elastic(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1,
+                                                            .max_workers = 4,
+                                                            .queue_cap = 2,
+                                                            .idle_timeout = 5 * CREW_MSEC}),
+                     0);
+    saturate(p, &g, 4); /* needs the pool to grow to 4 */
+    assert_int_equal(stats_of(p).workers, 4);
+    gate_open(&g);
+    eventually(stats_of(p).workers == 1); /* idle ones expire back to the minimum */
+    crew_pool_close(p);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+/* ---- metrics, logging, allocation -------------------------------------------------------- */
+
+static _Atomic int log_lines;
+
+static void log_cb(void *arg, int level, const char *msg, const char *const *kv)
+{
+    (void)arg;
+    assert_true(level >= CREW_LOG_ERROR && level <= CREW_LOG_DEBUG);
+    assert_non_null(msg);
+    assert_string_equal(kv[0], "pool");
+    assert_string_equal(kv[1], "logged");
+    atomic_fetch_add(&log_lines, 1);
+}
+
+static void test_log(void **state)
+{
+    (void)state;
+    atomic_store(&log_lines, 0);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .name = "logged", .log = log_cb}), 0);
+    crew_pool_destroy(p);
+    assert_int_equal(atomic_load(&log_lines), 4); /* two starts, two exits */
+}
+
+static void test_stats_prometheus(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 8, .name = "web"}), 0);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(crew_pool_submit(p, i < 10 ? fail_job : nop_job, NULL, CREW_FOREVER, NULL),
+                         0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    crew_stats s = stats_of(p);
+    assert_string_equal(s.name, "web");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    const crew_stats *all[] = {&s};
+    assert_int_equal(crew_prometheus_write(f, all, 1), 0);
+    fclose(f);
+    assert_non_null(strstr(buf, "crew_jobs_failed_total{pool=\"web\"} 10\n"));
+    assert_non_null(strstr(buf, "crew_jobs_succeeded_total{pool=\"web\"} 90\n"));
+    assert_non_null(strstr(buf, "crew_run_seconds_count{pool=\"web\"} 100\n"));
+    free(buf);
+    crew_pool_destroy(p);
+}
+
+/* Steady state allocates nothing: plain submits, and extended ones once the freelist is
+ * warm. */
+static void test_no_alloc_per_job(void **state)
+{
+    (void)state;
+    for (int timing = 0; timing < 2; timing++) {
+        crew_pool *p;
+        assert_int_equal(
+            crew_pool_create(&p, &(crew_pool_opts){.workers = 2,
+                                                   .queue_cap = 256,
+                                                   .job_timeout = CREW_SEC,
+                                                   .flags = timing ? 0 : CREW_POOL_NO_TIMING}),
+            0);
+        for (int i = 0; i < 100; i++) /* warm up: function table, ext freelist, timer */
+            assert_int_equal(
+                crew_pool_submit_job(p, &(crew_job){.fn = nop_job}, NULL, CREW_FOREVER, NULL), 0);
+        crew_stats s;
+        do
+            s = stats_of(p);
+        while (s.succeeded < 100);
+        uint64_t before = crew__test_alloc_count();
+        for (int i = 0; i < 20000; i++)
+            assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, NULL), 0);
+        assert_int_equal(crew__test_alloc_count(), before);
+        crew_pool_close(p);
+        assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+        crew_pool_destroy(p);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        leak_test(test_create_defaults),
+        leak_test(test_create_invalid),
+        leak_test(test_create_enomem),
+        leak_test(test_worker_hooks),
+        leak_test(test_submit_runs_all),
+        leak_test(test_try_submit_full),
+        leak_test(test_submit_blocking_wakeups),
+        leak_test(test_submit_blocks_until_room),
+        leak_test(test_unbuffered),
+        leak_test(test_futures),
+        leak_test(test_future_wait_forms),
+        leak_test(test_results_channel),
+        leak_test(test_job_timeout),
+        leak_test(test_queue_timeout),
+        leak_test(test_priorities),
+        leak_test(test_cancel_discards),
+        leak_test(test_parent_ctx),
+        leak_test(test_drain),
+        leak_test(test_wait_forms),
+        leak_test(test_concurrent_shutdowns),
+        leak_test(test_submit_from_job_during_drain),
+        leak_test(test_self_submit_helped),
+        leak_test(test_self_submit_edeadlk),
+        leak_test(test_wait_from_job),
+        leak_test(test_resize),
+        leak_test(test_resize_busy),
+        leak_test(test_elastic),
+        leak_test(test_log),
+        leak_test(test_stats_prometheus),
+        leak_test(test_no_alloc_per_job),
+    };
+    return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
+}
