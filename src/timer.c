@@ -283,10 +283,12 @@ bool crew__timer_del(crew__timer *t)
     crew__check(pthread_mutex_lock(&T.mu));
     if (t->heap_idx != SIZE_MAX) {
         crew_assert(t->heap_idx < T.len && T.heap[t->heap_idx] == t);
+        /* The thread sleeps until the earliest deadline: if that one goes, wake it, to
+         * sleep until the next one or, with the heap empty, to start its LINGER. */
+        if (t->heap_idx == 0)
+            crew__check(pthread_cond_signal(&T.cv));
         heap_remove(t->heap_idx);
         disarmed = true;
-        /* The thread may now sleep until a deadline nobody waits for; waking early to find
-         * nothing due is harmless, and an empty heap lets it exit after LINGER. */
     }
     if (T.firing == t && !on_timer_thread) {
         /* Wait for this firing only: if fn re-arms t and it fires again, that is a later
