@@ -355,6 +355,76 @@ static void test_rendezvous(void **state)
     crew_chan_destroy(c);
 }
 
+/* Elements of any size are copied whole, through the ring and through hand-offs. */
+typedef struct big {
+    unsigned char bytes[1000];
+} big;
+
+static void *recv_big(void *arg)
+{
+    crew_chan *c = arg;
+    big *b = malloc(sizeof *b);
+    if (b && crew_chan_recv(c, b, CREW_FOREVER, NULL) != 0) {
+        free(b);
+        b = NULL;
+    }
+    return b;
+}
+
+static void test_large_elements(void **state)
+{
+    (void)state;
+    crew_chan *c = make(sizeof(big), 2);
+    big in, out;
+    for (int round = 0; round < 5; round++) {
+        memset(&in, 'a' + round, sizeof in);
+        in.bytes[sizeof in.bytes - 1] = (unsigned char)round;
+        assert_int_equal(crew_chan_try_send(c, &in), 0);
+        memset(&out, 0, sizeof out);
+        assert_int_equal(crew_chan_try_recv(c, &out), 0);
+        assert_memory_equal(&in, &out, sizeof in);
+    }
+    /* A direct hand-off to a blocked receiver. */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, recv_big, c), 0);
+    wait_waiters(c, 1);
+    memset(&in, 'z', sizeof in);
+    assert_int_equal(crew_chan_send(c, &in, CREW_FOREVER, NULL), 0);
+    void *got;
+    assert_int_equal(pthread_join(t, &got), 0);
+    assert_non_null(got);
+    assert_memory_equal(got, &in, sizeof in);
+    free(got);
+    crew_chan_destroy(c);
+}
+
+/* Nothing is allocated after creation: not by the fast paths, not by blocking, not by a
+ * hand-off, a timeout or a close. */
+static void test_no_allocation_after_create(void **state)
+{
+    (void)state;
+    crew_chan *c = make(sizeof(int), 2);
+    crew_chan *r = make(sizeof(int), 0);
+    uint64_t before = crew__test_alloc_count();
+    int v = 1;
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(crew_chan_send(c, &v, CREW_FOREVER, NULL), 0);
+        assert_int_equal(crew_chan_recv(c, &v, CREW_FOREVER, NULL), 0);
+    }
+    assert_int_equal(crew_chan_try_recv(c, &v), CREW_EAGAIN);
+    assert_int_equal(crew_chan_recv(r, &v, crew_deadline_in(CREW_MSEC), NULL), CREW_ETIMEDOUT);
+    op o;
+    op_start_blocked(&o, r, false, -1, NULL);
+    assert_int_equal(crew_chan_send(r, &v, CREW_FOREVER, NULL), 0);
+    assert_int_equal(op_join(&o), 0);
+    op_start_blocked(&o, r, true, 5, NULL);
+    assert_int_equal(crew_chan_close(r), 0);
+    assert_int_equal(op_join(&o), CREW_EPIPE);
+    assert_true(crew__test_alloc_count() == before);
+    crew_chan_destroy(r);
+    crew_chan_destroy(c);
+}
+
 /* ---- close ---------------------------------------------------------------------------- */
 
 static void test_close_wakes_receivers(void **state)
@@ -590,6 +660,8 @@ int main(void)
         leak_test(test_blocked_receivers_fifo),
         leak_test(test_blocked_senders_fifo),
         leak_test(test_rendezvous),
+        leak_test(test_large_elements),
+        leak_test(test_no_allocation_after_create),
         leak_test(test_close_wakes_receivers),
         leak_test(test_close_wakes_senders_then_drain),
         leak_test(test_close_rendezvous_senders),
