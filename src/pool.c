@@ -457,6 +457,7 @@ static bool queues_empty(crew_pool *p)
 /* ---- workers ------------------------------------------------------------------------- */
 
 static void *worker_main(void *arg);
+static void maybe_grow(crew_pool *p);
 
 /* Starts one worker; waits for its init hook. Called with p->lock held. */
 static int spawn_locked(crew_pool *p)
@@ -568,6 +569,20 @@ static bool may_retire(crew_pool *p, int wait_rc)
     return go;
 }
 
+/* Unbuffered pools keep credits + queued jobs == workers holding an offer. A worker that
+ * takes a job withdraws its offer; one that had none took a job meant for another idle
+ * worker, whose offer must then be restored. */
+static void took_job(crew_pool *p, bool *has_credit)
+{
+    if (!p->unbuffered)
+        return;
+    if (!*has_credit) {
+        atomic_fetch_add(&p->credits, 1);
+        crew__ec_notify(&p->space_ec, 1);
+    }
+    *has_credit = false;
+}
+
 /* Unbuffered pools: take back this worker's credit. False if a submit consumed it, in
  * which case a job is (or is about to be) in the ring for us. */
 static bool retract_credit(crew_pool *p)
@@ -597,7 +612,13 @@ static void *worker_main(void *arg)
     bool has_credit = false; /* unbuffered: this worker offered itself */
     for (;;) {
         if (pop_any(p, &fn_id, &job, &ticks)) {
-            has_credit = false;
+            took_job(p, &has_credit);
+            /* More work waits and nobody is idle: an elastic pool grows. (Submits grow it
+             * too, but one that saw a worker about to wake would not.) */
+            if (atomic_load_explicit(&p->elastic, memory_order_relaxed) &&
+                atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed) == 0 &&
+                atomic_load_explicit(&p->spinning, memory_order_relaxed) == 0 && !queues_empty(p))
+                maybe_grow(p);
             run_job(p, w, fn_id, job, ticks);
             continue;
         }
@@ -626,7 +647,7 @@ static void *worker_main(void *arg)
                 /* Hand the spinning role on if more work is waiting. */
                 if (!queues_empty(p))
                     crew__ec_notify(&p->work_ec, 1);
-                has_credit = false;
+                took_job(p, &has_credit);
                 run_job(p, w, fn_id, job, ticks);
                 continue;
             }
@@ -636,7 +657,7 @@ static void *worker_main(void *arg)
         uint32_t key = crew__ec_prepare(&p->work_ec);
         if (pop_any(p, &fn_id, &job, &ticks)) {
             crew__ec_cancel(&p->work_ec);
-            has_credit = false;
+            took_job(p, &has_credit);
             run_job(p, w, fn_id, job, ticks);
             continue;
         }
@@ -662,6 +683,9 @@ static void *worker_main(void *arg)
     if (has_credit)
         retract_credit(p);
 retire:
+    /* We may have taken a wake-up meant for a job: pass it on to a parked worker. */
+    if (!queues_empty(p))
+        crew__ec_notify(&p->work_ec, 1);
     if (p->fini)
         p->fini(p->hook_arg, w->id, w->state);
     logf_(p, CREW_LOG_DEBUG, "worker_exit", NULL, NULL);
@@ -858,6 +882,8 @@ static int help_through(crew_pool *p)
     uint64_t ticks;
     if (tls_help_depth >= HELP_DEPTH || !pop_any(p, &fn_id, &job, &ticks))
         return CREW_EDEADLK;
+    bool no_credit = false; /* a busy worker holds no offer */
+    took_job(p, &no_credit);
     tls_help_depth++;
     run_job(p, tls_worker, fn_id, job, ticks);
     tls_help_depth--;
@@ -870,7 +896,9 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
     ring *r = &p->rings[level];
     uint64_t ticks = r->ticks ? crew__ticks() : 0;
     bool own = tls_worker && tls_worker->pool == p;
-    bool closed_ok = own && atomic_load_explicit(&p->state, memory_order_relaxed) == CLOSED;
+    /* A job of p may add work unless p is cancelled; if a cancel races with the push, the
+     * job is dropped (and reported) by the worker that pops it. */
+    bool closed_ok = own && atomic_load_explicit(&p->state, memory_order_acquire) != CANCELLED;
     int rc = try_push(p, r, fn_id, arg, ticks, closed_ok);
     if (crew__likely(rc == 0))
         return 0;
@@ -923,6 +951,8 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
     crew__ctx_unwatch(ctx, &node);
     if (rc == 0)
         return 0;
+    /* Leaving without pushing: a wake-up we took may have announced room for another. */
+    crew__ec_notify(&p->space_ec, 1);
 reject:
     count_reject(p);
     return rc;
