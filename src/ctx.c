@@ -11,28 +11,32 @@
  * Watchers. Everything that must learn of a cancel is a crew__ctx_node on the ctx's
  * doubly linked list (under the ctx's mutex): a waiter blocked in another module (often on
  * its stack), a child ctx (its `pnode`), or an on-cancel hook. A node moves
- * IDLE -> LISTED (watch) -> IDLE (unwatch), or LISTED -> FIRING -> FIRED (cancel). The
- * cancel that wins the CAS detaches the whole list under the mutex, marks each node
- * FIRING with its own thread id, unlocks, and then calls each node's function with no
- * lock held, reading `next` first and storing FIRED (release) after the function returns.
- * After FIRED it never touches the node again, so the node's owner may free it. Unwatch of
- * a LISTED node unlinks it; unwatch of a FIRING node waits until FIRED, except on the
- * firing thread itself (from inside the function, where waiting would deadlock). A watch
- * that takes the mutex after the winning cancel detached the list sees the cause and
- * refuses, so a wake-up is never lost.
+ * IDLE -> LISTED (watch) -> IDLE (unwatch), or LISTED -> FIRING -> RUNNING -> FIRED
+ * (cancel). The cancel that wins the CAS detaches the whole list under the mutex as a
+ * private chain, marks each node FIRING (pending) with its own thread id, unlocks, and
+ * then walks the chain with no lock held: it marks a node RUNNING, calls its function,
+ * reads `next` and stores FIRED (release). After FIRED it never touches the node again, so
+ * the node's owner may free it. Unwatch of a LISTED node unlinks it from the list. Unwatch
+ * from another thread of a FIRING or RUNNING node waits until FIRED. Unwatch on the firing
+ * thread itself (from inside some node's function, where waiting would deadlock) unlinks a
+ * FIRING node from the private chain (only that thread ever touches the chain, and `next`
+ * is read after the function returns, so the walk sees the unlink) and reports it as never
+ * fired; for a RUNNING node (its own function, or one further up the stack) it returns at
+ * once. So a hook that frees another node's owner (releases a child, removes a hook) can
+ * never leave the walk holding a freed node. A watch that takes the mutex after the
+ * winning cancel detached the list sees the cause and refuses, so a wake-up is never lost.
  *
- * Two kinds of node are handled by the firing loop itself rather than by their function
- * (which only marks them):
- * - A child's pnode: the loop cancels the child with the same cause. A heap child whose
+ * Two kinds of node are handled by the walk itself rather than by their function (which
+ * only marks them):
+ * - A child's pnode: the walk cancels the child with the same cause. A heap child whose
  *   last reference is being dropped concurrently is left alone (its releaser waits for
- *   FIRED); otherwise the loop holds a reference across the cancel and drops it after
+ *   FIRED); otherwise the walk holds a reference across the cancel and drops it after
  *   FIRED, so a hook of the child releasing the child's last reference cannot free the node
- *   the loop still has to mark.
- * - A hook (crew_ctx_on_cancel): the loop calls the user's function, then either marks it
+ *   the walk still has to mark.
+ * - A hook (crew_ctx_on_cancel): the walk calls the user's function, then either marks it
  *   FIRED (the user frees it in crew_ctx_hook_remove) or frees it itself when it owns it: a
- *   fire-and-forget hook (out == NULL), or a hook removed from inside a function running on
- *   the firing thread (its own or another's), which sets `self_owned` or `removed` there.
- *   Those two flags are only ever touched by the firing thread while the node is FIRING.
+ *   fire-and-forget hook (out == NULL), or a hook removed from inside its own running
+ *   function, which sets `self_owned` there (only the firing thread touches it then).
  *
  * Lifetime. A heap ctx is reference counted. A child holds one on its parent; a hook with a
  * handle holds one on its ctx (so crew_ctx_hook_remove can always lock it); a waiter must
@@ -85,12 +89,14 @@ struct crew_ctx_hook {
     void *arg;
     bool holds_ref;  /* holds a reference on ctx (a handle on a heap ctx); immutable once
                       * registered */
-    bool self_owned; /* the firing loop frees it after fn: set at creation (out == NULL) or
-                      * by a remove on the firing thread from inside fn */
-    bool running;    /* the firing loop has called fn; firing thread only */
-    bool removed;    /* removed on the firing thread before fn ran: the loop skips fn and
-                      * frees it; firing thread only */
+    bool self_owned; /* the walk frees it after fn: set at creation (out == NULL) or by a
+                      * remove from inside its running fn (firing thread only) */
 };
+
+/* A node state private to this file, after the shared CREW__NODE_* ones: FIRING means
+ * detached and pending, RUNNING that the walk has started on it. Written by the firing
+ * thread only; other threads treat it as FIRING. */
+enum { NODE_RUNNING = CREW__NODE_FIRED + 1 };
 
 static crew_ctx background = {
     .kind = KIND_BACKGROUND,
@@ -154,11 +160,12 @@ static crew__ctx_node *list_take(crew__ctx_node *head)
         return NULL;
     crew__ctx_node *first = head->next;
     head->prev->next = NULL;
+    first->prev = NULL;
     list_init(head);
     return first;
 }
 
-/* Markers: the firing loop recognises these node functions and does their work itself. */
+/* Markers: the walk recognises these node functions and does their work itself. */
 static void propagate(void *arg, int err)
 {
     (void)arg;
@@ -193,7 +200,7 @@ static int watch(crew_ctx *c, crew__ctx_node *n, void (*fn)(void *, int), void *
     return cause;
 }
 
-/* Waits until the firing loop has stored FIRED in n. */
+/* Waits until the walk has stored FIRED in n. */
 static void wait_fired(crew__ctx_node *n)
 {
     for (unsigned i = 0; atomic_load_explicit(&n->state, memory_order_acquire) != CREW__NODE_FIRED;
@@ -230,38 +237,44 @@ static void hook_free(struct crew_ctx_hook *h)
 
 static void cancel_with(crew_ctx *c, int cause);
 
-/* Runs one detached node of a cancel with the given cause, then marks it FIRED or frees it.
- * Touches nothing of the node afterwards. */
-static void fire(crew__ctx_node *n, int cause, int err)
+/* Runs one node of a detached chain with the given cause, then marks it FIRED or frees
+ * it, and returns the node after it. Touches nothing of the node afterwards. `next` is read
+ * only after the function has returned: it may have unlinked pending nodes (unwatch). */
+static crew__ctx_node *fire(crew__ctx_node *n, int cause, int err)
 {
+    crew__ctx_node *next;
+    atomic_store_explicit(&n->state, NODE_RUNNING, memory_order_relaxed);
     if (n->fn == propagate) {
         crew_ctx *child = n->arg;
         if (child->kind == KIND_EMBEDDED) {
             /* Its owner's fini waits for FIRED before it reuses the memory. */
             cancel_with(child, cause);
+            next = n->next;
             atomic_store_explicit(&n->state, CREW__NODE_FIRED, memory_order_release);
         } else if (try_retain(child)) {
             cancel_with(child, cause);
+            next = n->next;
             atomic_store_explicit(&n->state, CREW__NODE_FIRED, memory_order_release);
             crew_ctx_release(child);
         } else {
             /* Being freed: its last release waits for FIRED, then frees its hooks unrun. */
+            next = n->next;
             atomic_store_explicit(&n->state, CREW__NODE_FIRED, memory_order_release);
         }
     } else if (n->fn == hook_fire) {
         struct crew_ctx_hook *h = (struct crew_ctx_hook *)n;
-        if (!h->removed) {
-            h->running = true;
-            h->fn(h->arg, err);
-        }
-        if (h->removed || h->self_owned)
+        h->fn(h->arg, err);
+        next = n->next;
+        if (h->self_owned)
             hook_free(h);
         else
             atomic_store_explicit(&n->state, CREW__NODE_FIRED, memory_order_release);
     } else {
         n->fn(n->arg, err);
+        next = n->next;
         atomic_store_explicit(&n->state, CREW__NODE_FIRED, memory_order_release);
     }
+    return next;
 }
 
 /*
@@ -292,11 +305,8 @@ static void cancel_with(crew_ctx *c, int cause)
     crew__check(pthread_mutex_unlock(&c->mu));
 
     int err = err_of(cause);
-    crew__ctx_node *next;
-    for (crew__ctx_node *n = first; n; n = next) {
-        next = n->next; /* n may be freed once fired */
-        fire(n, cause, err);
-    }
+    for (crew__ctx_node *n = first; n;)
+        n = fire(n, cause, err);
 }
 
 static void timer_fire(void *arg)
@@ -509,19 +519,34 @@ bool crew__ctx_unwatch(crew_ctx *c, crew__ctx_node *n)
         return false;
     crew_assert(!is_background(c));
 
+    bool removed = false, wait = false;
     crew__check(pthread_mutex_lock(&c->mu));
-    s = atomic_load_explicit(&n->state, memory_order_relaxed);
+    /* Acquire: FIRED is stored without the mutex, and the caller may free n after it. */
+    s = atomic_load_explicit(&n->state, memory_order_acquire);
     if (s == CREW__NODE_LISTED) {
         list_unlink(n);
-        atomic_store_explicit(&n->state, CREW__NODE_IDLE, memory_order_relaxed);
-        crew__check(pthread_mutex_unlock(&c->mu));
-        return true;
+        removed = true;
+    } else if (s != CREW__NODE_FIRED && !pthread_equal(n->firing_tid, pthread_self())) {
+        wait = true; /* another thread's walk has it: wait until it is done with it */
+    } else if (s == CREW__NODE_FIRING) {
+        /* Pending in a walk of this very thread, further up the stack: take it out of that
+         * private chain. It always has a predecessor (the walk's current node or another
+         * pending one), since the walk starts on the first node before any function. */
+        crew_assert(n->prev != NULL);
+        n->prev->next = n->next;
+        if (n->next)
+            n->next->prev = n->prev;
+        n->next = n->prev = NULL;
+        removed = true;
     }
-    bool on_firing_thread = s == CREW__NODE_FIRING && pthread_equal(n->firing_tid, pthread_self());
+    /* Else RUNNING on this thread (we are inside its function, or one it led to): it has
+     * fired as far as the caller can tell, and waiting would never end. */
+    if (removed)
+        atomic_store_explicit(&n->state, CREW__NODE_IDLE, memory_order_relaxed);
     crew__check(pthread_mutex_unlock(&c->mu));
-    if (!on_firing_thread)
+    if (wait)
         wait_fired(n);
-    return false;
+    return removed;
 }
 
 static void wake_event(void *arg, int err)
@@ -583,7 +608,7 @@ int crew_ctx_on_cancel(crew_ctx *c, crew_cancel_fn fn, void *arg, crew_ctx_hook 
         *out = h; /* never fires; remove frees it and returns true */
         return 0;
     }
-    /* Taken before the hook is visible: the firing loop may free it at once. */
+    /* Taken before the hook is visible: the walk may free it at once. */
     if (out && c->kind == KIND_HEAP) {
         crew_ctx_retain(c);
         h->holds_ref = true;
@@ -614,19 +639,15 @@ bool crew_ctx_hook_remove(crew_ctx_hook *h)
     if (!h)
         return false;
     if (crew__ctx_unwatch(h->ctx, &h->node)) {
-        hook_free(h);
+        hook_free(h); /* listed, pending, or never registered: fn will not run */
         return true;
     }
     if (atomic_load_explicit(&h->node.state, memory_order_acquire) == CREW__NODE_FIRED) {
         hook_free(h);
         return false;
     }
-    /* Still FIRING: we are on the firing thread, inside some node's function, and the
-     * firing loop will come back to h. Hand h over to it. */
-    if (h->running) {
-        h->self_owned = true; /* h's own fn (or one it called) removes it: already ran */
-        return false;
-    }
-    h->removed = true; /* another node's fn removes h before h's turn: it will not run */
-    return true;
+    /* RUNNING: removed from inside its own fn (or a function that fn led to), on the
+     * firing thread. The walk frees it once fn returns. */
+    h->self_owned = true;
+    return false;
 }

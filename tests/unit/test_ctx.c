@@ -379,6 +379,20 @@ static void unwatch_self(void *arg, int err)
     atomic_fetch_add(&s->calls, 1);
 }
 
+/* A node function that unwatches another node, later in the same walk. */
+typedef struct other_unwatch {
+    crew_ctx *c;
+    crew__ctx_node *target;
+    _Atomic int unwatch_rc;
+} other_unwatch;
+
+static void unwatch_other(void *arg, int err)
+{
+    other_unwatch *o = arg;
+    (void)err;
+    atomic_store(&o->unwatch_rc, crew__ctx_unwatch(o->c, o->target));
+}
+
 static void test_watch_unwatch(void **state)
 {
     (void)state;
@@ -410,6 +424,25 @@ static void test_watch_unwatch(void **state)
     assert_int_equal(crew__ctx_watch(c, &n, log_hook, &l), CREW_ECANCELED);
     assert_true(crew__ctx_unwatch(c, &n));
     assert_int_equal(atomic_load(&l.calls), 1);
+    crew_ctx_release(c);
+
+    /* A function unwatching a node that its walk has not reached: removed, never run. */
+    assert_int_equal(crew_ctx_with_cancel(NULL, &c), 0);
+    crew__ctx_node first, target;
+    memset(&first, 0, sizeof first);
+    memset(&target, 0, sizeof target);
+    hook_log tl = {0}, after = {0};
+    other_unwatch o = {.c = c, .target = &target, .unwatch_rc = 7};
+    assert_int_equal(crew__ctx_watch(c, &first, unwatch_other, &o), 0);
+    assert_int_equal(crew__ctx_watch(c, &target, log_hook, &tl), 0);
+    assert_int_equal(crew__ctx_watch(c, &n, log_hook, &after), 0);
+    crew_ctx_cancel(c, 0);
+    assert_int_equal(atomic_load(&o.unwatch_rc), 1);
+    assert_int_equal(atomic_load(&tl.calls), 0);
+    assert_int_equal(atomic_load(&after.calls), 1);
+    assert_true(crew__ctx_unwatch(c, &target)); /* IDLE now */
+    assert_false(crew__ctx_unwatch(c, &first));
+    assert_false(crew__ctx_unwatch(c, &n));
     crew_ctx_release(c);
 }
 
@@ -637,6 +670,23 @@ static void test_release_order(void **state)
     assert_int_equal(crew_ctx_on_cancel(r.c, log_hook, &l, NULL), 0);
     crew_ctx_cancel(r.c, 0); /* our reference now belongs to the hook */
     assert_int_equal(atomic_load(&l.calls), 2);
+
+    /* A hook of the parent releases children whose nodes come later in the same walk:
+     * they are taken out of the walk before they are freed, and the walk goes on. */
+    releaser r1, r2;
+    crew__event_init(&r1.done);
+    crew__event_init(&r2.done);
+    hook_log tail = {0};
+    assert_int_equal(crew_ctx_with_cancel(NULL, &p), 0);
+    assert_int_equal(crew_ctx_on_cancel(p, release_hook, &r1, NULL), 0);
+    assert_int_equal(crew_ctx_on_cancel(p, release_hook, &r2, NULL), 0);
+    assert_int_equal(crew_ctx_with_cancel(p, &r1.c), 0);
+    assert_int_equal(crew_ctx_with_cancel(p, &r2.c), 0);
+    assert_int_equal(crew_ctx_on_cancel(p, log_hook, &tail, NULL), 0);
+    crew_ctx_cancel(p, 0);
+    assert_true(crew__event_is_set(&r1.done) && crew__event_is_set(&r2.done));
+    assert_int_equal(atomic_load(&tail.calls), 1);
+    crew_ctx_release(p);
 
     /* The same on the timer thread. */
     crew__event_init(&r.done);
