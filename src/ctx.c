@@ -454,16 +454,22 @@ void crew_ctx_release(crew_ctx *c)
 
 /* ---- the embedded per-job ctx --------------------------------------------------------- */
 
+/* The memory an embedded ctx needs: crew__ctx_sizeof() bytes, aligned to at least 16
+ * bytes (what malloc gives; a cache line, as the pool uses, is better still). */
 size_t crew__ctx_sizeof(void)
 {
     return sizeof(crew_ctx);
 }
 
+/* Allocates nothing once the timer thread runs and its heap has room. On failure
+ * (CREW_EAGAIN or CREW_ENOMEM from the timer) c is left uninitialised: do not fini it. */
 int crew__ctx_init_child(crew_ctx *c, crew_ctx *parent, int64_t deadline)
 {
     return child_init(c, parent ? parent : &background, deadline, KIND_EMBEDDED);
 }
 
+/* Waits for a cancel of c by its parent or its timer that is in progress; afterwards the
+ * memory may be re-initialised or freed. Children of c and waiters on c must be gone. */
 void crew__ctx_fini_child(crew_ctx *c)
 {
     crew_assert(c->kind == KIND_EMBEDDED);
