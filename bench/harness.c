@@ -93,21 +93,22 @@ const bench_fn bench_jobs[BENCH_KINDS] = {
 };
 
 struct bench_load {
-    char workload;       /* 'a' .. 'e' */
-    size_t jobs;         /* jobs submitted (gates not counted) */
-    unsigned workers;    /* pool size */
-    unsigned gates;      /* d: gate jobs submitted first */
-    int64_t t_start;     /* first submit */
-    int64_t t_done;      /* bench_done() */
-    bench_stamp *stamps; /* e: one per job */
-    int64_t cpu_proc0;   /* e: process CPU at t_start, ns */
-    int64_t cpu_proc1;   /* e: process CPU at t_done */
-    int64_t cpu_prod;    /* e: the producer thread's CPU over its loop */
-    long rss_queued_kb;  /* d: VmRSS with every job queued */
-    uint64_t queued;     /* d: jobs still queued when it was read */
-    uint64_t allocs0;    /* d: peer allocations before the submits */
-    uint64_t allocs1;    /* d: and once all jobs ran */
-    int produced;        /* bench_produce() was called */
+    char workload;         /* 'a' .. 'e' */
+    size_t jobs;           /* jobs submitted (gates not counted) */
+    unsigned workers;      /* pool size */
+    unsigned gates;        /* d: gate jobs submitted first */
+    int64_t t_start;       /* first submit */
+    int64_t t_done;        /* bench_done() */
+    bench_stamp *stamps;   /* e: one per job */
+    int64_t cpu_proc0;     /* e: process CPU at t_start, ns */
+    int64_t cpu_proc1;     /* e: process CPU at t_done */
+    int64_t cpu_prod;      /* e: the producer thread's CPU over its loop */
+    long rss_queued_kb;    /* d: VmRSS with every job queued */
+    uint64_t queued;       /* d: jobs still queued when it was read */
+    uint64_t allocs0;      /* d: peer allocations before the submits */
+    uint64_t allocs1;      /* d: and once all jobs ran */
+    int produced;          /* bench_produce() was called */
+    int64_t producer_jobs; /* jobs the producing thread ran; -1 if not reported */
 };
 
 static int64_t tv_ns(struct timeval tv)
@@ -196,6 +197,11 @@ void bench_produce(bench_load *l, bench_submit_fn submit, void *pool)
     }
 }
 
+void bench_set_producer_jobs(bench_load *l, uint64_t jobs)
+{
+    l->producer_jobs = (int64_t)jobs;
+}
+
 void bench_done(bench_load *l)
 {
     l->t_done = bench_now();
@@ -270,6 +276,7 @@ int bench_main(int argc, char **argv, const bench_peer *peer)
     bench_load l;
     memset(&l, 0, sizeof l);
     l.workload = w;
+    l.producer_jobs = -1;
     l.workers = 2;
     switch (w) {
     case 'a':
@@ -314,6 +321,8 @@ int bench_main(int argc, char **argv, const bench_peer *peer)
     int64_t wall = l.t_done - l.t_start;
     printf("%c peer=%s\n%c jobs=%zu\n%c workers=%u\n%c wall_ns=%lld\n", w, peer->name, w, l.jobs, w,
            l.workers, w, (long long)wall);
+    if (l.producer_jobs >= 0)
+        printf("%c producer_share=%.4f\n", w, (double)l.producer_jobs / (double)(l.jobs + l.gates));
     switch (w) {
     case 'a':
         printf("a ns_per_job=%.2f\n", (double)wall / (double)l.jobs);

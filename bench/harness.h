@@ -115,6 +115,10 @@ typedef struct bench_peer {
 /* Runs the workload's producer loop on the calling thread, submitting through submit. */
 void bench_produce(bench_load *load, bench_submit_fn submit, void *pool);
 
+/* For a peer whose producer is also a worker: the jobs the producing thread ran itself
+ * (inline or while waiting), printed as producer_share. Call it before returning from run. */
+void bench_set_producer_jobs(bench_load *load, uint64_t jobs);
+
 /* Marks the instant every job has finished; call it right after the pool's wait. */
 void bench_done(bench_load *load);
 

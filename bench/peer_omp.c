@@ -5,19 +5,27 @@
  * The producing thread is one of the W threads; it runs tasks itself once it reaches the
  * taskwait. libgomp also throttles: with more than 64 x W tasks pending, a new task runs at
  * once in the producer instead of being queued, so workload d cannot queue 1M jobs here
- * (the harness reports how many stayed queued). OMP_WAIT_POLICY and GOMP_SPINCOUNT are left
- * at their defaults.
+ * (the harness reports how many stayed queued), and in a and b most jobs run inline in the
+ * producer: the peer reports that share. OMP_WAIT_POLICY and GOMP_SPINCOUNT are left at
+ * their defaults.
  */
 #include "harness.h"
 
 #include <omp.h>
+
+static int producer_thread;    /* omp_get_thread_num() of the producer; set before any task */
+static uint64_t producer_jobs; /* tasks the producer ran; written only by the producer */
 
 static void submit(void *pool, int kind, void *arg)
 {
     bench_fn fn = bench_jobs[kind];
     (void)pool;
 #pragma omp task firstprivate(fn, arg)
-    fn(arg);
+    {
+        fn(arg);
+        if (omp_get_thread_num() == producer_thread)
+            producer_jobs++;
+    }
 }
 
 static int run(bench_load *load, unsigned workers, size_t cap)
@@ -27,9 +35,11 @@ static int run(bench_load *load, unsigned workers, size_t cap)
     {
 #pragma omp single
         {
+            producer_thread = omp_get_thread_num();
             bench_produce(load, submit, NULL);
 #pragma omp taskwait
             bench_done(load);
+            bench_set_producer_jobs(load, producer_jobs);
         }
     }
     return 0;

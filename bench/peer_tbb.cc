@@ -6,7 +6,7 @@
  * workers run jobs while the producer submits, and the producer joins them in tg.wait().
  * TBB caps its workers at the machine's concurrency unless told otherwise, so a
  * global_control lifts the cap to W for the 64-worker workload. The task queue is
- * unbounded; the cap is ignored.
+ * unbounded; the cap is ignored. The peer reports the share of jobs the producer ran.
  */
 #include "harness.h"
 
@@ -17,10 +17,17 @@
 #include <algorithm>
 #include <thread>
 
+static int producer_slot;      // the producer's arena slot; set before any job
+static uint64_t producer_jobs; // jobs the producer ran; written only by the producer
+
 static void submit(void *pool, int kind, void *arg)
 {
     bench_fn fn = bench_jobs[kind];
-    static_cast<tbb::task_group *>(pool)->run([fn, arg] { fn(arg); });
+    static_cast<tbb::task_group *>(pool)->run([fn, arg] {
+        fn(arg);
+        if (tbb::this_task_arena::current_thread_index() == producer_slot)
+            producer_jobs++;
+    });
 }
 
 static int run(bench_load *load, unsigned workers, size_t cap)
@@ -31,9 +38,11 @@ static int run(bench_load *load, unsigned workers, size_t cap)
     tbb::task_arena arena(static_cast<int>(workers));
     tbb::task_group tg;
     arena.execute([&] {
+        producer_slot = tbb::this_task_arena::current_thread_index();
         bench_produce(load, submit, &tg);
         tg.wait();
         bench_done(load);
+        bench_set_producer_jobs(load, producer_jobs);
     });
     return 0;
 }
