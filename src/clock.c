@@ -188,6 +188,12 @@ int64_t crew__ticks_to_ns(uint64_t dticks)
     return (int64_t)((double)dticks * tick_ns_per_tick);
 }
 
+uint64_t crew__ns_to_ticks(int64_t ns)
+{
+    pthread_once(&tick_once, calibrate);
+    return ns <= 0 ? 0 : (uint64_t)((double)ns / tick_ns_per_tick);
+}
+
 void crew__ticks_init(void)
 {
     pthread_once(&tick_once, calibrate);

@@ -62,6 +62,7 @@ CREW_EXPORT uint64_t crew__test_alloc_count(void);
  * difference of ticks to nanoseconds with crew__ticks_to_ns. */
 uint64_t crew__ticks(void);
 int64_t crew__ticks_to_ns(uint64_t dticks);
+uint64_t crew__ns_to_ticks(int64_t ns);
 /* Calibrates the ticks once. Call it before taking ticks that will be compared (pool
  * creation does), so that no pair straddles the switch from nanoseconds to TSC counts. */
 void crew__ticks_init(void);

@@ -49,7 +49,9 @@
 #define MARK       (1ull << 63)     /* closed mark in a ring's tail */
 #define FN_TABLE   256              /* function ids 1..255; 0 means "ext record" */
 #define MAX_CAP    (1ull << 30)     /* largest queue_cap */
-#define SPIN_NS    (50 * CREW_USEC) /* how long an idle worker spins before parking */
+#define SPIN_MIN   (10 * CREW_USEC) /* the first idle worker's spin budget: adaptive, */
+#define SPIN_MAX   (1 * CREW_MSEC)  /* doubled when a spin finds work, halved when not */
+#define SPIN_SHORT (5 * CREW_USEC)  /* other idle workers' spin before they park */
 #define HELP_DEPTH 4                /* nested help-through runs inside a job's submit */
 
 enum { OPEN, CLOSED, CANCELLED };
@@ -99,6 +101,7 @@ typedef struct worker {
     void *state;            /* what the init hook set */
     char *job_ctx;          /* per-job ctx storage for timed jobs, one per help depth */
     bool exited;            /* the thread has left its loop: under p->lock */
+    int64_t spin_ns;        /* this worker's adaptive spin budget; worker-private */
     int init_rc;            /* the init hook's result, reported to the spawner */
     crew__event started_ev; /* set once init has run */
     struct worker *next;    /* in p->workers, under p->lock */
@@ -126,7 +129,7 @@ struct crew_pool {
 
     /* Hot shared words, each on its own line. */
     _Atomic int state CREW__ALIGNED;    /* OPEN, CLOSED, CANCELLED */
-    _Atomic int spinning CREW__ALIGNED; /* workers spinning for work (0 or 1) */
+    _Atomic int spinning CREW__ALIGNED; /* idle workers spinning for work */
     _Atomic long credits CREW__ALIGNED; /* unbuffered pools: idle workers' offers */
     _Atomic unsigned self_blocked;      /* workers blocked submitting to this pool */
     crew__ec work_ec CREW__ALIGNED;     /* idle workers park here */
@@ -437,12 +440,19 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
 /* Takes the highest-priority queued job. */
 static bool pop_any(crew_pool *p, uint32_t *fn_id, void **arg, uint64_t *ticks)
 {
-    for (unsigned l = p->levels; l-- > 0;)
-        if (ring_pop(&p->rings[l], fn_id, arg, ticks)) {
-            /* The CAS in ring_pop is the seq_cst RMW the eventcount needs. */
-            crew__ec_notify_after_rmw(&p->space_ec, 1);
+    for (unsigned l = p->levels; l-- > 0;) {
+        ring *r = &p->rings[l];
+        if (ring_pop(r, fn_id, arg, ticks)) {
+            /* Producers blocked on a full ring are woken together once it has drained to
+             * half, not one per pop: that would make a wake-up per job. The pop that crosses
+             * the threshold comes after their "full" check, and its seq_cst load (after the
+             * seq_cst CAS in ring_pop) sees their announcement. */
+            if (crew__unlikely(atomic_load_explicit(&p->space_ec.waiters, memory_order_seq_cst)) &&
+                !p->unbuffered && ring_len(r) <= r->cap / 2)
+                crew__ec_notify_after_rmw(&p->space_ec, INT_MAX);
             return true;
         }
+    }
     return false;
 }
 
@@ -472,6 +482,7 @@ static int spawn_locked(crew_pool *p)
     }
     w->pool = p;
     w->id = p->next_id++;
+    w->spin_ns = SPIN_MIN;
     crew__event_init(&w->started_ev);
     int rc = crew__thread_create(&w->thread, worker_main, w);
     if (rc) {
@@ -631,26 +642,32 @@ static void *worker_main(void *arg)
             crew__ec_notify(&p->space_ec, 1);
         }
 
-        /* Spin briefly: one spinner at a time, so idle workers do not burn the cores. */
-        int zero = 0;
-        if (atomic_compare_exchange_strong(&p->spinning, &zero, 1)) {
-            uint64_t until = crew__ticks() + (uint64_t)(SPIN_NS / 2); /* ticks >= ns/2 */
-            bool got = false;
-            do {
-                for (int i = 0; i < 32; i++)
-                    crew__cpu_relax();
-                got = pop_any(p, &fn_id, &job, &ticks);
-            } while (!got && crew__ticks() < until &&
-                     atomic_load_explicit(&p->state, memory_order_relaxed) == OPEN);
-            atomic_store(&p->spinning, 0);
-            if (got) {
-                /* Hand the spinning role on if more work is waiting. */
-                if (!queues_empty(p))
-                    crew__ec_notify(&p->work_ec, 1);
-                took_job(p, &has_credit);
-                run_job(p, w, fn_id, job, ticks);
-                continue;
-            }
+        /* Spin before parking: waking a parked thread costs tens of microseconds, and a
+         * producer does not wake anyone while a worker spins. The first idle worker spins
+         * on an adaptive budget (longer while work keeps arriving within it, shorter once
+         * it stops, so an idle pool soon burns no CPU); the others spin briefly. */
+        bool first = atomic_fetch_add(&p->spinning, 1) == 0;
+        int64_t budget = first ? w->spin_ns : SPIN_SHORT;
+        uint64_t spin_until = crew__ticks() + crew__ns_to_ticks(budget);
+        bool got = false;
+        do {
+            for (int i = 0; i < 16; i++)
+                crew__cpu_relax();
+            got = pop_any(p, &fn_id, &job, &ticks);
+        } while (!got && crew__ticks() < spin_until &&
+                 atomic_load_explicit(&p->state, memory_order_relaxed) == OPEN &&
+                 atomic_load_explicit(&p->excess, memory_order_relaxed) == 0);
+        atomic_fetch_sub(&p->spinning, 1);
+        if (first)
+            w->spin_ns = got ? (w->spin_ns * 2 < SPIN_MAX ? w->spin_ns * 2 : SPIN_MAX)
+                             : (w->spin_ns / 2 > SPIN_MIN ? w->spin_ns / 2 : SPIN_MIN);
+        if (got) {
+            /* More work waiting and nobody left spinning: wake a parked worker for it. */
+            if (atomic_load(&p->spinning) == 0 && !queues_empty(p))
+                crew__ec_notify(&p->work_ec, 1);
+            took_job(p, &has_credit);
+            run_job(p, w, fn_id, job, ticks);
+            continue;
         }
 
         /* Park. */
