@@ -353,22 +353,6 @@ static void test_close_race_cap64(void **state)
     stress(64, true);
 }
 
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* Runs one thread before the tests: ThreadSanitizer starts a helper thread of its own at the
- * first pthread_create, which the first test's leak check would otherwise count. */
-static int warm_up(void **state)
-{
-    (void)state;
-    pthread_t t;
-    if (pthread_create(&t, NULL, nothing, NULL) != 0 || pthread_join(t, NULL) != 0)
-        return -1;
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,5 +363,5 @@ int main(void)
         leak_test(test_close_race_cap1),
         leak_test(test_close_race_cap64),
     };
-    return cmocka_run_group_tests_name("stress_chan", tests, warm_up, NULL);
+    return cmocka_run_group_tests_name("stress_chan", tests, NULL, NULL);
 }

@@ -393,18 +393,8 @@ static void stress_ctx(void **state)
     assert_true(sum.hooks > 0 && sum.removed > 0 && sum.timed_out > 0);
 }
 
-static void *noop_thread(void *arg)
-{
-    return arg;
-}
-
 int main(void)
 {
-    /* ThreadSanitizer starts a helper thread with the first pthread_create: start it now,
-     * so the thread count of the leak check is not off by one. */
-    pthread_t t;
-    if (pthread_create(&t, NULL, noop_thread, NULL) == 0)
-        pthread_join(t, NULL);
     const struct CMUnitTest tests[] = {
         leak_test(stress_ctx),
     };

@@ -631,22 +631,6 @@ static void test_completed_wins_over_cancel(void **state)
     crew_chan_destroy(c);
 }
 
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* Runs one thread before the tests: ThreadSanitizer starts a helper thread of its own at the
- * first pthread_create, which the first test's leak check would otherwise count. */
-static int warm_up(void **state)
-{
-    (void)state;
-    pthread_t t;
-    if (pthread_create(&t, NULL, nothing, NULL) != 0 || pthread_join(t, NULL) != 0)
-        return -1;
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -671,5 +655,5 @@ int main(void)
         leak_test(test_ctx_deadline),
         leak_test(test_completed_wins_over_cancel),
     };
-    return cmocka_run_group_tests_name("chan", tests, warm_up, NULL);
+    return cmocka_run_group_tests_name("chan", tests, NULL, NULL);
 }

@@ -836,18 +836,8 @@ static void test_prometheus_errors(void **state)
     free(s);
 }
 
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
 int main(void)
 {
-    /* ThreadSanitizer starts a helper thread of its own at the first pthread_create: start
-     * one thread before the leak marks are taken, so that helper is counted at the start. */
-    pthread_t t;
-    if (pthread_create(&t, NULL, nothing, NULL) != 0 || pthread_join(t, NULL) != 0)
-        return 1;
     const struct CMUnitTest tests[] = {
         leak_test(test_bucket_bounds),        leak_test(test_bucket_of_matches_reference),
         leak_test(test_quantile_known),       leak_test(test_quantile_edges),

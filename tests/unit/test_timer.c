@@ -357,18 +357,8 @@ static void test_concurrent(void **state)
         assert_int_equal(pthread_join(t[i], NULL), 0);
 }
 
-static void *noop_thread(void *arg)
-{
-    return arg;
-}
-
 int main(void)
 {
-    /* ThreadSanitizer starts a helper thread with the first pthread_create: start it now,
-     * so the first test's thread count is not off by one. */
-    pthread_t t;
-    if (pthread_create(&t, NULL, noop_thread, NULL) == 0)
-        pthread_join(t, NULL);
     const struct CMUnitTest tests[] = {
         leak_test(test_init_del),
         leak_test(test_fires_once),
