@@ -43,6 +43,7 @@
 #include "internal.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,6 +53,7 @@
 #define SPIN_MIN   (10 * CREW_USEC) /* the first idle worker's spin budget: adaptive, */
 #define SPIN_MAX   (1 * CREW_MSEC)  /* doubled when a spin finds work, halved when not */
 #define SPIN_SHORT (5 * CREW_USEC)  /* other idle workers' spin before they park */
+#define SPIN_FULL  (20 * CREW_USEC) /* a producer's spin for room before it parks */
 #define HELP_DEPTH 4                /* nested help-through runs inside a job's submit */
 
 enum { OPEN, CLOSED, CANCELLED };
@@ -102,6 +104,7 @@ typedef struct worker {
     char *job_ctx;          /* per-job ctx storage for timed jobs, one per help depth */
     bool exited;            /* the thread has left its loop: under p->lock */
     int64_t spin_ns;        /* this worker's adaptive spin budget; worker-private */
+    bool retiring;          /* leaving through may_retire (counted in p->retiring) */
     int init_rc;            /* the init hook's result, reported to the spawner */
     crew__event started_ev; /* set once init has run */
     struct worker *next;    /* in p->workers, under p->lock */
@@ -145,6 +148,7 @@ struct crew_pool {
     _Atomic unsigned min, max; /* resize targets: written under lock, read anywhere */
     _Atomic bool elastic;      /* max > min */
     _Atomic unsigned excess;   /* workers asked to exit (resize down); written under lock */
+    unsigned retiring;         /* workers that decided to exit but have not yet left */
     unsigned next_id;
     crew_stats retired; /* counters of joined workers */
     crew__hist retired_wait, retired_run;
@@ -283,6 +287,20 @@ static bool ring_pop(ring *r, uint32_t *fn_id, void **arg, uint64_t *ticks)
 }
 
 /* ---- small helpers ------------------------------------------------------------------- */
+
+/* One step of a spin-wait: a short burst of pause instructions for the first rounds, then
+ * sched_yield, so that a spinner on an oversubscribed machine hands its core to a runnable
+ * thread (often the very producer it waits for) instead of burning the time slice. */
+static void backoff(unsigned *round)
+{
+    if (*round < 8) {
+        for (int i = 0; i < 16 << *round / 2; i++)
+            crew__cpu_relax();
+        (*round)++;
+    } else {
+        sched_yield();
+    }
+}
 
 static uint32_t fn_slot_hash(crew_job_fn fn)
 {
@@ -557,13 +575,16 @@ static void finish_locked(crew_pool *p)
 static void leave_locked(crew_pool *p, worker *w)
 {
     w->exited = true;
+    if (w->retiring)
+        p->retiring--;
     p->live--;
     atomic_store_explicit(&p->live_hint, p->live, memory_order_relaxed);
     finish_locked(p);
 }
 
 /* An idle worker above the minimum (or asked to go by resize) may exit: decided under the
- * lock so that exactly the excess leaves. */
+ * lock, and counted in p->retiring until it has left, so that several workers timing out
+ * together never take the pool below its minimum. */
 static bool may_retire(crew_pool *p, int wait_rc)
 {
     if (atomic_load(&p->state) != OPEN)
@@ -573,9 +594,11 @@ static bool may_retire(crew_pool *p, int wait_rc)
     if (atomic_load(&p->excess) > 0) {
         atomic_fetch_sub(&p->excess, 1);
         go = true;
-    } else if (wait_rc == CREW_ETIMEDOUT && p->live > p->min) {
+    } else if (wait_rc == CREW_ETIMEDOUT && p->live - p->retiring > atomic_load(&p->min)) {
         go = true;
     }
+    if (go)
+        p->retiring++;
     crew__check(pthread_mutex_unlock(&p->lock));
     return go;
 }
@@ -650,9 +673,9 @@ static void *worker_main(void *arg)
         int64_t budget = first ? w->spin_ns : SPIN_SHORT;
         uint64_t spin_until = crew__ticks() + crew__ns_to_ticks(budget);
         bool got = false;
+        unsigned round = 0;
         do {
-            for (int i = 0; i < 16; i++)
-                crew__cpu_relax();
+            backoff(&round);
             got = pop_any(p, &fn_id, &job, &ticks);
         } while (!got && crew__ticks() < spin_until &&
                  atomic_load_explicit(&p->state, memory_order_relaxed) == OPEN &&
@@ -688,10 +711,13 @@ static void *worker_main(void *arg)
                             : CREW_FOREVER;
         int wrc = crew__ec_wait(&p->work_ec, key, until);
         if ((wrc == CREW_ETIMEDOUT || atomic_load(&p->excess) > 0) && may_retire(p, wrc)) {
-            if (!p->unbuffered || !has_credit || retract_credit(p))
+            if (!p->unbuffered || !has_credit || retract_credit(p)) {
+                w->retiring = true;
                 goto retire;
+            }
             /* A submit took our credit: stay for its job. */
             crew__check(pthread_mutex_lock(&p->lock));
+            p->retiring--;
             if (wrc != CREW_ETIMEDOUT)
                 atomic_fetch_add(&p->excess, 1); /* someone else must go instead */
             crew__check(pthread_mutex_unlock(&p->lock));
@@ -921,6 +947,24 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
         return 0;
     if (rc == CREW_ESHUTDOWN || deadline == CREW_NOW)
         goto reject;
+
+    /* The workers are draining the queue: room usually appears within microseconds, which
+     * is less than a park and wake-up costs. Spin for it first. */
+    if (!own) {
+        int64_t budget = SPIN_FULL, left;
+        if (deadline != CREW_FOREVER && crew__deadline_left(deadline, &left) && left < budget)
+            budget = left;
+        uint64_t spin_until = crew__ticks() + crew__ns_to_ticks(budget);
+        unsigned round = 0;
+        do {
+            backoff(&round);
+            rc = try_push(p, r, fn_id, arg, ticks, closed_ok);
+        } while (rc == CREW_EAGAIN && crew__ticks() < spin_until && !(ctx && crew_ctx_done(ctx)));
+        if (rc == 0)
+            return 0;
+        if (rc == CREW_ESHUTDOWN)
+            goto reject;
+    }
 
     crew__ctx_node node = {0};
     if ((rc = crew__ctx_watch(ctx, &node, wake_space, &p->space_ec)))
