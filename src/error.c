@@ -25,10 +25,13 @@ const char *crew_strerror(int rc)
         CREW_ERRNO_MAP(CREW__ERR_MSG)
 #undef CREW__ERR_MSG
     default:
-        /* strerror() may use a shared buffer for unknown values; sys_errlist-backed
-         * messages of known errnos are static in glibc. */
-        if (rc < 0 && rc > -4096)
-            return strerror(-rc);
+        /* strerrordesc_np, unlike strerror, returns a static string (or NULL), so this
+         * stays thread-safe. */
+        if (rc < 0 && rc > -4096) {
+            const char *d = strerrordesc_np(-rc);
+            if (d)
+                return d;
+        }
         return "unknown error";
     }
 }

@@ -105,6 +105,7 @@ typedef struct worker {
     bool exited;            /* the thread has left its loop: under p->lock */
     int64_t spin_ns;        /* this worker's adaptive spin budget; worker-private */
     bool retiring;          /* leaving through may_retire (counted in p->retiring) */
+    bool awaited;           /* a spawner waits for its init: not to be reaped; under lock */
     int init_rc;            /* the init hook's result, reported to the spawner */
     crew__event started_ev; /* set once init has run */
     struct worker *next;    /* in p->workers, under p->lock */
@@ -139,6 +140,7 @@ struct crew_pool {
     crew__ec space_ec CREW__ALIGNED;    /* producers of a full pool park here */
     crew__ec exit_ec CREW__ALIGNED;     /* crew_pool_wait parks here */
     _Atomic uint64_t rejected;          /* refused submits (slow path only) */
+    _Atomic uint64_t inline_runs;       /* jobs a blocked submit ran itself (slow path) */
     _Atomic unsigned live_hint;         /* == live, for lock-free reads */
     _Atomic int all_exited;             /* 1 once live reached 0 after a shutdown */
 
@@ -366,8 +368,9 @@ static void deliver(crew_pool *p, ext *e, crew_job_fn fn, void *arg, int err, in
 {
     if (p->results) {
         crew_result res = {fn, arg, err, ran};
-        /* The pool closes the channel only after the last worker, so this fails only if
-         * the user closed it; then the result has nowhere to go but the log. */
+        /* A full channel blocks the worker: backpressure, and nothing lost. The pool closes
+         * the channel only after its last worker, so this fails only if the user closed
+         * it; destroy empties it itself, so an unread channel cannot hang destroy. */
         if (crew_chan_send(p->results, &res, CREW_FOREVER, NULL) != 0)
             logf_(p, CREW_LOG_WARN, "result_lost", "error", "results channel closed");
     }
@@ -431,9 +434,14 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
     crew_ctx *ctx = p->ctx;
     bool child = false;
     crew_ctx *mine = (crew_ctx *)(w->job_ctx + (size_t)tls_help_depth * ctx_stride());
-    if (timeout > 0 && crew__ctx_init_child(mine, p->ctx, crew_deadline_in(timeout)) == 0) {
-        ctx = mine;
-        child = true;
+    if (timeout > 0) {
+        int crc = crew__ctx_init_child(mine, p->ctx, crew_deadline_in(timeout));
+        if (crc == 0) {
+            ctx = mine;
+            child = true;
+        } else {
+            logf_(p, CREW_LOG_ERROR, "job_timeout_unarmed", "error", crew_strerror(crc));
+        }
     }
     uint64_t was_busy = atomic_load_explicit(&w->busy, memory_order_relaxed);
     atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
@@ -486,9 +494,15 @@ static bool queues_empty(crew_pool *p)
 
 static void *worker_main(void *arg);
 static void maybe_grow(crew_pool *p);
+static void reap_locked(crew_pool *p);
+static void leave_locked(crew_pool *p, worker *w);
 
-/* Starts one worker; waits for its init hook. Called with p->lock held. */
-static int spawn_locked(crew_pool *p)
+/* Starts one worker. Called with p->lock held. With wait, the lock is dropped while the
+ * worker's init hook runs (so a hook may call into the pool) and the hook's result is
+ * returned; without (growth from a submit), it returns at once and a failing hook only
+ * logs. The worker is listed and counted live from the start, so concurrent spawns never
+ * overshoot the maximum. */
+static int spawn_locked(crew_pool *p, bool wait)
 {
     worker *w = crew__aligned_alloc(CREW__CACHELINE, sizeof *w);
     if (!w)
@@ -502,29 +516,33 @@ static int spawn_locked(crew_pool *p)
     w->id = p->next_id++;
     w->spin_ns = SPIN_MIN;
     crew__event_init(&w->started_ev);
+    w->next = p->workers;
+    p->workers = w;
+    p->live++;
+    atomic_store_explicit(&p->live_hint, p->live, memory_order_relaxed);
     int rc = crew__thread_create(&w->thread, worker_main, w);
     if (rc) {
+        p->workers = w->next; /* still first: the lock was held throughout */
+        p->live--;
+        atomic_store_explicit(&p->live_hint, p->live, memory_order_relaxed);
         crew__free(w->job_ctx);
         crew__free(w);
         logf_(p, CREW_LOG_ERROR, "worker_create_failed", "error", crew_strerror(rc));
         return rc;
     }
-    /* The worker's init hook runs before it touches the pool's lists, so waiting for it
-     * here with the lock held is safe. */
+    if (!wait)
+        return 0;
+    /* w may start, finish and exit before we look again: awaited keeps reap_locked from
+     * freeing it until we have read its result. */
+    w->awaited = true;
+    crew__check(pthread_mutex_unlock(&p->lock));
     crew__event_wait(&w->started_ev, CREW_FOREVER);
-    if (w->init_rc) {
-        crew__check(pthread_join(w->thread, NULL));
-        rc = w->init_rc;
-        crew__free(w->job_ctx);
-        crew__free(w);
-        logf_(p, CREW_LOG_ERROR, "worker_init_failed", "error", crew_strerror(rc));
-        return rc;
-    }
-    w->next = p->workers;
-    p->workers = w;
-    p->live++;
-    atomic_store_explicit(&p->live_hint, p->live, memory_order_relaxed);
-    return 0;
+    crew__check(pthread_mutex_lock(&p->lock));
+    w->awaited = false;
+    rc = w->init_rc;
+    if (rc)
+        reap_locked(p);
+    return rc;
 }
 
 /* Folds a joined worker's counters into p->retired. Called with p->lock held. */
@@ -545,7 +563,7 @@ static void reap_locked(crew_pool *p)
 {
     for (worker **pw = &p->workers; *pw;) {
         worker *w = *pw;
-        if (!w->exited) {
+        if (!w->exited || w->awaited) {
             pw = &w->next;
             continue;
         }
@@ -634,10 +652,15 @@ static void *worker_main(void *arg)
     crew_pool *p = w->pool;
     tls_worker = w;
     w->init_rc = p->init ? p->init(p->hook_arg, w->id, &w->state) : 0;
-    int init_rc = w->init_rc;
-    crew__event_set(&w->started_ev); /* after this, w may be freed if init failed */
-    if (init_rc)
+    if (w->init_rc) {
+        logf_(p, CREW_LOG_ERROR, "worker_init_failed", "error", crew_strerror(w->init_rc));
+        crew__check(pthread_mutex_lock(&p->lock));
+        leave_locked(p, w);
+        crew__check(pthread_mutex_unlock(&p->lock));
+        crew__event_set(&w->started_ev); /* after this, w may be reaped and freed */
         return NULL;
+    }
+    crew__event_set(&w->started_ev);
     logf_(p, CREW_LOG_DEBUG, "worker_start", NULL, NULL);
 
     uint32_t fn_id;
@@ -709,7 +732,12 @@ static void *worker_main(void *arg)
         int64_t until = atomic_load_explicit(&p->elastic, memory_order_relaxed)
                             ? crew_deadline_in(p->idle_timeout)
                             : CREW_FOREVER;
-        int wrc = crew__ec_wait(&p->work_ec, key, until);
+        /* resize posts excess, then notifies: checked after prepare, it cannot be missed. */
+        int wrc = 0;
+        if (atomic_load(&p->excess) > 0)
+            crew__ec_cancel(&p->work_ec);
+        else
+            wrc = crew__ec_wait(&p->work_ec, key, until);
         if ((wrc == CREW_ETIMEDOUT || atomic_load(&p->excess) > 0) && may_retire(p, wrc)) {
             if (!p->unbuffered || !has_credit || retract_credit(p)) {
                 w->retiring = true;
@@ -830,7 +858,7 @@ int crew_pool_create(crew_pool **out, const crew_pool_opts *opts)
 
     crew__check(pthread_mutex_lock(&p->lock));
     for (unsigned i = 0; i < min && rc == 0; i++)
-        rc = spawn_locked(p);
+        rc = spawn_locked(p, true);
     crew__check(pthread_mutex_unlock(&p->lock));
     if (rc) {
         crew_pool_destroy(p);
@@ -860,6 +888,11 @@ void crew_pool_destroy(crew_pool *p)
         return;
     crew_assert(!tls_worker || tls_worker->pool != p); /* not from one of its own jobs */
     crew_pool_cancel(p, 0);
+    /* Results nobody can read after destroy must not keep workers blocked on a full
+     * channel: discard them while waiting. */
+    while (p->results && crew_pool_wait(p, crew_deadline_in(CREW_MSEC)) == CREW_ETIMEDOUT)
+        while (crew_chan_try_recv(p->results, NULL) == 0)
+            ;
     crew_pool_wait(p, CREW_FOREVER);
     crew__ctx_unwatch(p->ctx, &p->ctx_node);
     pool_unref(p);
@@ -879,8 +912,8 @@ static void maybe_grow(crew_pool *p)
         return;
     crew__check(pthread_mutex_lock(&p->lock));
     reap_locked(p);
-    if (p->live < p->max && atomic_load(&p->state) == OPEN)
-        (void)spawn_locked(p); /* failure is logged; the pool carries on with what it has */
+    if (p->live < atomic_load(&p->max) && atomic_load(&p->state) == OPEN)
+        (void)spawn_locked(p, false); /* failure is logged; the pool goes on with what it has */
     crew__check(pthread_mutex_unlock(&p->lock));
 }
 
@@ -937,16 +970,22 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
                     crew_ctx *ctx)
 {
     ring *r = &p->rings[level];
+    int rc;
+    if (ctx && crew__unlikely(crew_ctx_done(ctx))) {
+        rc = crew_ctx_err(ctx);
+        goto reject;
+    }
     uint64_t ticks = r->ticks ? crew__ticks() : 0;
     bool own = tls_worker && tls_worker->pool == p;
     /* A job of p may add work unless p is cancelled; if a cancel races with the push, the
      * job is dropped (and reported) by the worker that pops it. */
     bool closed_ok = own && atomic_load_explicit(&p->state, memory_order_acquire) != CANCELLED;
-    int rc = try_push(p, r, fn_id, arg, ticks, closed_ok);
+    rc = try_push(p, r, fn_id, arg, ticks, closed_ok);
     if (crew__likely(rc == 0))
         return 0;
-    if (rc == CREW_ESHUTDOWN || deadline == CREW_NOW)
-        goto reject;
+    if (rc == CREW_ESHUTDOWN || deadline == CREW_NOW ||
+        (deadline != CREW_FOREVER && deadline <= crew_now()))
+        goto reject; /* CREW_EAGAIN: full, and no time to wait */
 
     /* The workers are draining the queue: room usually appears within microseconds, which
      * is less than a park and wake-up costs. Spin for it first. */
@@ -983,9 +1022,17 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
         if (own && help_through(p) == 0) {
             /* ran a queued job in our place: there is room now, unless someone took it */
         } else if (own && atomic_fetch_add(&p->self_blocked, 1) + 1 >= atomic_load(&p->live_hint)) {
-            /* Every worker would wait on this pool: nobody could ever make room. */
+            /* Every worker would wait on this pool: nobody could ever make room. Run the
+             * job here instead (it is accepted, and runs once), unless nested too deep. */
             atomic_fetch_sub(&p->self_blocked, 1);
             rc = CREW_EDEADLK;
+            if (tls_help_depth < HELP_DEPTH) {
+                atomic_fetch_add_explicit(&p->inline_runs, 1, memory_order_relaxed);
+                tls_help_depth++;
+                run_job(p, tls_worker, fn_id, arg, ticks);
+                tls_help_depth--;
+                rc = 0;
+            }
             break;
         } else {
             /* Others are running: wait for room, re-checking for a deadlock each ms. */
@@ -1220,7 +1267,7 @@ int crew_pool_resize(crew_pool *p, unsigned min, unsigned max)
     atomic_store(&p->max, max);
     atomic_store(&p->elastic, max > min);
     while (p->live < min && rc == 0)
-        rc = spawn_locked(p);
+        rc = spawn_locked(p, true);
     unsigned excess = p->live > max ? p->live - max : 0;
     atomic_store(&p->excess, excess);
 out:
@@ -1249,8 +1296,10 @@ int crew_pool_stats(crew_pool *p, crew_stats *out)
     for (unsigned l = 0; l < p->levels; l++)
         out->queued += ring_len(&p->rings[l]);
     out->rejected = atomic_load_explicit(&p->rejected, memory_order_relaxed);
-    out->submitted =
-        out->succeeded + out->failed + out->cancelled + out->timed_out + out->queued + out->running;
+    /* Every accepted job went through a ring (its tail counts pushes) or ran in place. */
+    out->submitted = atomic_load_explicit(&p->inline_runs, memory_order_relaxed);
+    for (unsigned l = 0; l < p->levels; l++)
+        out->submitted += ring_pos(&p->rings[l], atomic_load(&p->rings[l].tail));
     return 0;
 }
 

@@ -874,19 +874,54 @@ static void test_self_submit_helped(void **state)
     crew_pool_destroy(p);
 }
 
-static void test_self_submit_edeadlk(void **state)
+/* Unbuffered with one worker: the job's own submit could never be taken by another
+ * worker, so it runs in place; nested too deep, it gets CREW_EDEADLK instead. */
+typedef struct chain {
+    crew_pool *p;
+    _Atomic int depth, deepest, edeadlk, other;
+} chain;
+
+static int chain_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    chain *c = arg;
+    int d = atomic_fetch_add(&c->depth, 1) + 1;
+    if (d > atomic_load(&c->deepest))
+        atomic_store(&c->deepest, d);
+    int rc = crew_pool_submit(c->p, chain_job, c, CREW_FOREVER, NULL);
+    if (rc == CREW_EDEADLK)
+        atomic_fetch_add(&c->edeadlk, 1);
+    else if (rc != 0)
+        atomic_fetch_add(&c->other, 1);
+    atomic_fetch_sub(&c->depth, 1);
+    return 0;
+}
+
+static void test_self_submit_in_place(void **state)
 {
     (void)state;
     reset_counts();
     crew_pool *p;
-    /* Unbuffered with one worker: the job's own submit could never be taken. */
     assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 0}), 0);
-    fanout f = {.p = p, .n = 1};
+    fanout f = {.p = p, .n = 3};
     assert_int_equal(crew_pool_submit(p, fanout_job, &f, CREW_FOREVER, NULL), 0);
-    crew_pool_close(p);
-    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
-    assert_int_equal(atomic_load(&f.rc_sum), CREW_EDEADLK);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&f.rc_sum), 0);
+    assert_int_equal(atomic_load(&counter), 3); /* all three ran, in place */
+    crew_stats s = stats_of(p);
+    assert_int_equal(s.submitted, 4);
+    assert_int_equal(s.succeeded, 4);
     crew_pool_destroy(p);
+
+    /* An endless chain of self-submits: bounded nesting, then CREW_EDEADLK, no hang. */
+    chain c = {0};
+    assert_int_equal(crew_pool_create(&c.p, &(crew_pool_opts){.workers = 1, .queue_cap = 0}), 0);
+    assert_int_equal(crew_pool_submit(c.p, chain_job, &c, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(c.p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&c.edeadlk), 1);
+    assert_int_equal(atomic_load(&c.other), 0);
+    assert_int_equal(atomic_load(&c.deepest), 5); /* the first job and four nested runs */
+    crew_pool_destroy(c.p);
 }
 
 static _Atomic int inner_rc;
@@ -908,6 +943,112 @@ static void test_wait_from_job(void **state)
     assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
     assert_int_equal(atomic_load(&inner_rc), CREW_EDEADLK * 1000 + CREW_EDEADLK);
     crew_pool_destroy(p);
+}
+
+/* ---- contract edges found in review ----------------------------------------------------- */
+
+/* destroy never hangs on a results channel nobody reads: it discards what is unread. */
+static void test_destroy_unread_results(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(
+            &p,
+            &(crew_pool_opts){.workers = 2, .queue_cap = 64, .results = true, .results_cap = 1}),
+        0);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, NULL), 0);
+    crew_pool_destroy(p);
+}
+
+/* A done ctx is refused even when there is room (as channels do); a deadline already
+ * past on a full queue is CREW_EAGAIN, like CREW_NOW. */
+static void test_submit_ctx_and_past_deadline(void **state)
+{
+    (void)state;
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
+    crew_ctx *ctx;
+    assert_int_equal(crew_ctx_with_cancel(NULL, &ctx), 0);
+    crew_ctx_cancel(ctx, CREW_EBUSY);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, CREW_FOREVER, ctx), CREW_ECANCELED);
+    crew_ctx_release(ctx);
+    saturate(p, &g, 1);
+    assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
+    assert_int_equal(crew_pool_submit(p, nop_job, NULL, crew_now() - CREW_MSEC, NULL), CREW_EAGAIN);
+    assert_int_equal(stats_of(p).rejected, 2);
+    gate_open(&g);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
+static crew_pool *hook_pool;
+static _Atomic int hook_calls;
+
+/* An init hook that calls into its own pool: it must not deadlock. */
+static int init_calls_pool(void *hook_arg, unsigned id, void **st)
+{
+    (void)hook_arg;
+    (void)st;
+    crew_stats s;
+    if (id > 0 && hook_pool) /* the first runs inside create, before the pool is returned */
+        crew_pool_stats(hook_pool, &s);
+    atomic_fetch_add(&hook_calls, 1);
+    return 0;
+}
+
+static gate slow_init_gate;
+
+/* Worker 0 starts at once; later workers wait at a gate in their init hook. */
+static int init_slow(void *hook_arg, unsigned id, void **st)
+{
+    (void)hook_arg;
+    (void)st;
+    if (id > 0) {
+        pthread_mutex_lock(&slow_init_gate.mu);
+        while (!slow_init_gate.open)
+            pthread_cond_wait(&slow_init_gate.cv, &slow_init_gate.mu);
+        pthread_mutex_unlock(&slow_init_gate.mu);
+    }
+    return 0;
+}
+
+static void test_init_hooks_unlocked(void **state)
+{
+    (void)state;
+    atomic_store(&hook_calls, 0);
+    hook_pool = NULL;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .init = init_calls_pool}),
+                     0);
+    hook_pool = p;
+    assert_int_equal(crew_pool_resize(p, 3, 3), 0); /* hooks call crew_pool_stats */
+    assert_int_equal(atomic_load(&hook_calls), 3);
+    crew_pool_destroy(p);
+
+    /* Growing an elastic pool from a submit does not wait for the new worker's init. */
+    gate g;
+    gate_init(&g);
+    gate_init(&slow_init_gate);
+    assert_int_equal(
+        crew_pool_create(
+            &p,
+            &(crew_pool_opts){.workers = 1, .max_workers = 2, .queue_cap = 4, .init = init_slow}),
+        0);
+    saturate(p, &g, 1);
+    for (int i = 0; i < 3; i++) /* would hang here if growth waited for init_slow */
+        assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
+    gate_open(&slow_init_gate);
+    gate_open(&g);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(stats_of(p).succeeded, 4);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+    gate_fini(&slow_init_gate);
 }
 
 /* ---- scaling ----------------------------------------------------------------------------- */
@@ -1079,8 +1220,11 @@ int main(void)
         leak_test(test_concurrent_shutdowns),
         leak_test(test_submit_from_job_during_drain),
         leak_test(test_self_submit_helped),
-        leak_test(test_self_submit_edeadlk),
+        leak_test(test_self_submit_in_place),
         leak_test(test_wait_from_job),
+        leak_test(test_destroy_unread_results),
+        leak_test(test_submit_ctx_and_past_deadline),
+        leak_test(test_init_hooks_unlocked),
         leak_test(test_resize),
         leak_test(test_resize_busy),
         leak_test(test_elastic),
