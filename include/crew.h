@@ -51,7 +51,8 @@ extern "C" {
 CREW_EXPORT const char *crew_version(void);
 
 /* X(name, errno value, message): the one table behind the codes, crew_strerror and
- * crew_err_name. */
+ * crew_err_name. CREW_ECHILD is reserved for the process pool; CREW_EBUSY is there for
+ * callers' own causes (crew_ctx_cancel). */
 #define CREW_ERRNO_MAP(X)                                                                          \
     X(AGAIN, EAGAIN, "queue is full")                                                              \
     X(TIMEDOUT, ETIMEDOUT, "deadline exceeded")                                                    \
@@ -71,9 +72,9 @@ enum {
 #undef CREW__ERR_ENUM
 };
 
-/* A sentence describing rc ("deadline exceeded"); for 0 "success"; for a code the table
- * does not know, strerror's text for -rc, or "unknown error". The string is static.
- * Never fails; thread-safe. */
+/* A sentence describing rc ("deadline exceeded"); for 0 "success"; for another negated
+ * errno, the C library's description of it; otherwise "unknown error". The string is
+ * static. Never fails; thread-safe. */
 CREW_EXPORT const char *crew_strerror(int rc);
 
 /* The code's name ("CREW_ETIMEDOUT"); "CREW_OK" for 0, "CREW_E?" for an unknown code.
@@ -110,12 +111,12 @@ CREW_EXPORT unsigned crew_ncpu(void);
 
 /* ---------------------------------------------------------------------------------------
  * Cancellation contexts (crew_ctx): the C answer to Go's context.Context
- *
- * A ctx is done once it is cancelled: explicitly, by its deadline, or because its parent
+ * * A ctx is done once it is cancelled: explicitly, by its deadline, or because its parent
  * was. Children die with their parent, never the other way round. Deadlines fire from one
- * shared timer thread that starts when first needed and exits when no deadline is pending,
- * never a thread per ctx. Contexts are reference counted: the creator holds one reference
- * and gives it back with crew_ctx_release(); a child holds a reference on its parent.
+ * shared timer thread that starts when first needed and exits 50 ms after the last pending
+ * deadline is gone, never a thread per ctx. A NULL ctx means background everywhere. Contexts are
+ * reference counted: the creator holds one reference and gives it back with crew_ctx_release(); a
+ * child holds a reference on its parent.
  * ------------------------------------------------------------------------------------- */
 
 typedef struct crew_ctx crew_ctx;
@@ -134,7 +135,8 @@ CREW_EXPORT crew_ctx *crew_ctx_background(void);
 
 /* A new ctx, child of parent (NULL means background), cancelled by crew_ctx_cancel() or
  * when parent is. If parent is already done, the child starts done with parent's error.
- * *out holds one reference. Returns 0 or CREW_ENOMEM. Thread-safe. */
+ * *out holds one reference. Returns 0, CREW_EINVAL (out NULL) or CREW_ENOMEM. Thread-safe.
+ */
 CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_with_cancel(crew_ctx *parent, crew_ctx **out);
 
 /* As crew_ctx_with_cancel(), and also cancelled with CREW_ETIMEDOUT at the absolute
@@ -178,7 +180,8 @@ CREW_EXPORT int crew_ctx_wait(crew_ctx *c, int64_t deadline);
 /* Registers fn(arg, err) to run once when c is cancelled. If c is already done, fn runs
  * now, in this thread, before the call returns. If out is NULL the registration lives until
  * it fires or c is freed. Otherwise *out receives a hook that the caller must end with
- * crew_ctx_hook_remove() exactly once. Returns 0 or CREW_ENOMEM. Thread-safe. */
+ * crew_ctx_hook_remove() exactly once. Returns 0, CREW_EINVAL (fn NULL) or CREW_ENOMEM.
+ * Thread-safe. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_on_cancel(crew_ctx *c, crew_cancel_fn fn, void *arg,
                                                     crew_ctx_hook **out);
 
@@ -343,14 +346,16 @@ typedef struct crew_pool_opts {
     const char *name;         /* metrics label; default "pool" (copied, at most 63 bytes) */
     unsigned workers;         /* workers kept alive (the minimum); 0 = crew_ncpu() */
     unsigned max_workers;     /* elastic ceiling; 0 or < workers = workers (a fixed pool) */
-    size_t queue_cap;         /* jobs waiting for a worker; 0 = no buffer: a submit succeeds
-                                 only when a worker is free to take the job */
+    size_t queue_cap;         /* jobs waiting for a worker, per priority level (at most 2^30);
+0 = no buffer: a submit succeeds only when a worker is free
+to take the job */
     int64_t idle_timeout;     /* ns a worker above the minimum stays idle before it exits;
                                  0 = 10 s */
     int64_t job_timeout;      /* default run budget per job, ns; 0 = none */
     int64_t queue_timeout;    /* default queue budget per job, ns; 0 = none: a job that waited
                                  longer is dropped unrun and reported timed out */
-    unsigned priorities;      /* priority levels 0..priorities-1, higher runs first; 0 = 1 */
+    unsigned priorities;      /* priority levels 0..priorities-1 (at most 64), higher runs
+first, FIFO within a level, each its own queue; 0 = 1 */
     crew_ctx *ctx;            /* parent of the pool's ctx; NULL = background */
     crew_worker_init_fn init; /* per-worker hooks (may be NULL) and their argument */
     crew_worker_fini_fn fini;
@@ -382,28 +387,36 @@ typedef struct crew_job {
     unsigned priority;       /* 0 (lowest) .. priorities-1; larger values are clamped */
 } crew_job;
 
-/* Creates a pool and starts its minimum workers (running their init hooks). Returns 0,
- * CREW_EINVAL (bad options), CREW_ENOMEM, CREW_EAGAIN (a thread could not be
- * created), or the first init hook's error; on failure nothing is left running. Thread-safe.
- */
+/* Creates a pool and starts its minimum workers, waiting for their init hooks (which run
+ * without any pool lock held, and may call into the pool). Returns 0, CREW_EINVAL (out
+ * NULL; queue_cap above 2^30; priorities above 64; more than 65536 workers; a negative
+ * timeout), CREW_ENOMEM, CREW_EAGAIN (a thread could not be created), or the first init
+ * hook's error; on failure nothing is left running. Thread-safe. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_pool_create(crew_pool **out, const crew_pool_opts *opts);
 
-/* Shuts p down if it is not (as crew_pool_cancel then crew_pool_wait), then frees it. Do
- * not call it from one of p's jobs. Futures of p stay valid until released. NULL is
- * ignored. */
+/* Shuts p down if it is not (as crew_pool_cancel then crew_pool_wait), then frees it.
+ * Results still unread in the results channel are discarded (nobody can read them after
+ * destroy), so a full, unread channel cannot hang it. No other thread may use p during or
+ * after the call, and it must not be called from one of p's jobs. Futures of p stay valid
+ * until released. NULL is ignored. */
 CREW_EXPORT void crew_pool_destroy(crew_pool *p);
 
-/* Submits fn(ctx, arg). Blocks while the queue is full, until deadline or until ctx (may
- * be NULL) is done. Returns 0 (accepted), CREW_EAGAIN (full, deadline CREW_NOW or past),
- * CREW_ETIMEDOUT, ctx's error, CREW_ESHUTDOWN (p no longer accepts jobs), CREW_EINVAL (fn
- * NULL), or CREW_EDEADLK: called from one of p's own jobs when p is full and no queued job
- * could be run in its place. (From inside a job, a full queue is first helped through: the
- * caller runs queued jobs itself until there is room.) No allocation in steady state.
- * Thread-safe; callable from a job. */
+/* Submits fn(ctx, arg). A ctx already done is refused first. Blocks while the queue is
+ * full (spinning briefly, then sleeping), until deadline or until ctx (may be NULL) is
+ * done. Returns 0 (accepted), CREW_EAGAIN (full, and deadline CREW_NOW or already past),
+ * CREW_ETIMEDOUT, ctx's error, CREW_ESHUTDOWN (p no longer accepts jobs), CREW_EINVAL (p
+ * or fn NULL), CREW_ENOMEM (only once p has seen more than 255 distinct job functions:
+ * further ones take the extended path, as crew_pool_submit_job), or CREW_EDEADLK.
+ * From one of p's own jobs, a full pool never hangs the caller: it first runs queued jobs
+ * itself until there is room; if none is queued and every live worker is likewise blocked
+ * submitting to p, it runs the new job itself, in place (it counts as accepted); only when
+ * such nested runs are 4 deep does it return CREW_EDEADLK. Otherwise it waits for room.
+ * Allocates nothing in steady state. Thread-safe; callable from a job. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_pool_submit(crew_pool *p, crew_job_fn fn, void *arg,
                                                   int64_t deadline, crew_ctx *ctx);
 
-/* crew_pool_submit(p, fn, arg, CREW_NOW, NULL): never blocks. */
+/* crew_pool_submit(p, fn, arg, CREW_NOW, NULL): never waits for room. (In an elastic pool
+ * it may start a worker thread, but never waits for its init hook.) */
 CREW_EXPORT CREW_WARN_UNUSED int crew_pool_try_submit(crew_pool *p, crew_job_fn fn, void *arg);
 
 /* As crew_pool_submit(), for a job with its own budgets, priority and discard callback.
@@ -437,8 +450,9 @@ CREW_EXPORT bool crew_future_ran(const crew_future *f);
 CREW_EXPORT void crew_future_release(crew_future *f);
 
 /* Stops accepting jobs from outside; workers finish the queue and exit. Jobs already
- * running may still submit follow-up jobs to p: a drain finishes all the work (only a
- * cancel refuses them, with CREW_ESHUTDOWN). Does not wait (see crew_pool_wait). Safe to
+ * running may still submit follow-up jobs to p (run by a worker, or in place as
+ * crew_pool_submit describes): a drain finishes all the work (only a cancel refuses them,
+ * with CREW_ESHUTDOWN). Does not wait (see crew_pool_wait). Safe to
  * call twice and from several threads. Returns 0. Thread-safe; callable from a job. */
 CREW_EXPORT int crew_pool_close(crew_pool *p);
 
@@ -450,9 +464,11 @@ CREW_EXPORT int crew_pool_wait(crew_pool *p, int64_t deadline);
 
 /* The graceful shutdown: stop accepting, let the workers finish the queue until deadline;
  * at the deadline drop what is still queued (each reported CREW_ECANCELED) and cancel the
- * pool's ctx so running jobs stop; then wait for the workers to exit. Returns 0 if all work
- * finished before the deadline, CREW_ETIMEDOUT if it had to cancel, CREW_EDEADLK from one
- * of p's jobs. Thread-safe; safe to race with any other shutdown. */
+ * pool's ctx with cause CREW_ETIMEDOUT so running jobs stop; then wait for the workers to
+ * exit. Jobs that honour their ctx end promptly; one that ignores it delays the return, as
+ * does a full results channel that nobody reads (workers wait to deliver every result).
+ * Returns 0 if all work finished before the deadline, CREW_ETIMEDOUT if it had to cancel,
+ * CREW_EDEADLK from one of p's jobs. Thread-safe; safe to race with any other shutdown. */
 CREW_EXPORT int crew_pool_drain(crew_pool *p, int64_t deadline);
 
 /* The emergency stop: stop accepting, drop every queued job (each reported as
@@ -462,10 +478,10 @@ CREW_EXPORT int crew_pool_drain(crew_pool *p, int64_t deadline);
 CREW_EXPORT int crew_pool_cancel(crew_pool *p, int cause);
 
 /* Changes the number of workers kept (min) and the ceiling (max; 0 = min). New workers
- * start at once up to min; extra workers exit when they next go idle. Returns 0,
- * CREW_EINVAL (max < min or min == 0), CREW_ESHUTDOWN, or CREW_EAGAIN (a thread could not be
- * created). Thread-safe.
- */
+ * start at once up to min (waiting for their init hooks); extra workers exit when they
+ * next go idle. Returns 0, CREW_EINVAL (min == 0, max < min, or max above 65536),
+ * CREW_ESHUTDOWN, CREW_ENOMEM, CREW_EAGAIN (a thread could not be created), or an init
+ * hook's error (the workers started before it stay). Thread-safe. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_pool_resize(crew_pool *p, unsigned min, unsigned max);
 
 /* The results channel (elements are crew_result) if opts.results was set, else NULL. Each

@@ -25,17 +25,24 @@
  * Capacity 0 ("no buffer") uses the same ring, sized to max_workers, plus credits: an idle
  * worker adds one credit, a submit must take one before pushing, so a job is accepted only
  * when a worker is free to take it.
- *
- * Sleeping. Idle workers spin briefly (one spinner at a time) and then park on the work
- * eventcount; a producer wakes one parked worker only if nobody spins. Blocked producers
- * park on the space eventcount, notified after each pop. In both directions the notifier's
- * seq_cst CAS (on tail or head) and its seq_cst load of the waiter count pair with the
- * waiter's seq_cst increment and re-check, so no wake-up is lost and a notify with nobody
- * waiting costs one load: no system call per submit while workers are awake.
- *
- * Threads and locks. p->lock (a mutex) guards the worker list, spawning, joining, the
+ * * Sleeping. An idle worker spins before it parks on the work eventcount: the first idle
+ * worker on an adaptive budget (10 us to 1 ms: doubled when a spin finds work, halved when
+ * not), the others for 5 us; spinning backs off to sched_yield so that on an oversubscribed
+ * machine the spinner hands its core to the producer it waits for. A producer wakes one
+ * parked worker only if nobody spins. A producer facing a full ring spins for room for
+ * 20 us, then parks on the space eventcount; parked producers are woken together once the
+ * ring has drained to half, never one per pop (that would be a wake-up per job). In both
+ * directions the notifier's seq_cst CAS (on tail or head) and its seq_cst load of the
+ * waiter count pair with the waiter's seq_cst increment and re-check, so no wake-up is lost
+ * and a notify with nobody waiting costs one load: no system call per submit while workers
+ * are awake. A thread that takes a wake-up it does not use (a retiring worker, a producer
+ * giving up) passes it on.
+ * * Threads and locks. p->lock (a mutex) guards the worker list, spawning, joining, the
  * function table's insertions, the ext freelist and the results-channel close; it is never
- * held while running a job or waiting for one. Lock order: p->lock, then a ctx's lock
+ * held while running a job, waiting for one, or running an init hook (a spawner that waits
+ * for a hook drops it, and pins the new worker with `awaited` so it cannot be reaped
+ * meanwhile). Retirement is decided under the lock and counted in p->retiring, so workers
+ * timing out together never go below the minimum. Lock order: p->lock, then a ctx's lock
  * (through crew_ctx_* calls), then a channel's. Metrics are per worker, single writer
  * (relaxed load + store), summed by crew_pool_stats under p->lock: updating them never
  * serialises the workers.
