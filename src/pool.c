@@ -29,9 +29,10 @@
  * worker on an adaptive budget (10 us to 1 ms: doubled when a spin finds work, halved when
  * not), the others for 5 us; spinning backs off to sched_yield so that on an oversubscribed
  * machine the spinner hands its core to the producer it waits for. A producer wakes one
- * parked worker only if nobody spins. A producer facing a full ring spins for room for
- * 20 us, then parks on the space eventcount; parked producers are woken together once the
- * ring has drained to half, never one per pop (that would be a wake-up per job). In both
+ * parked worker only if nobody spins. A producer facing a full ring parks on the space
+ * eventcount at once (spinning for room would take a core from the workers that make it);
+ * parked producers are woken together once the ring has drained to half, never one per
+ * pop (that would be a wake-up per job). In both
  * directions the notifier's seq_cst CAS (on tail or head) and its seq_cst load of the
  * waiter count pair with the waiter's seq_cst increment and re-check, so no wake-up is lost
  * and a notify with nobody waiting costs one load: no system call per submit while workers
@@ -60,7 +61,6 @@
 #define SPIN_MIN   (10 * CREW_USEC) /* the first idle worker's spin budget: adaptive, */
 #define SPIN_MAX   (1 * CREW_MSEC)  /* doubled when a spin finds work, halved when not */
 #define SPIN_SHORT (5 * CREW_USEC)  /* other idle workers' spin before they park */
-#define SPIN_FULL  (20 * CREW_USEC) /* a producer's spin for room before it parks */
 #define HELP_DEPTH 4                /* nested help-through runs inside a job's submit */
 
 enum { OPEN, CLOSED, CANCELLED };
@@ -993,24 +993,6 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
     if (rc == CREW_ESHUTDOWN || deadline == CREW_NOW ||
         (deadline != CREW_FOREVER && deadline <= crew_now()))
         goto reject; /* CREW_EAGAIN: full, and no time to wait */
-
-    /* The workers are draining the queue: room usually appears within microseconds, which
-     * is less than a park and wake-up costs. Spin for it first. */
-    if (!own) {
-        int64_t budget = SPIN_FULL, left;
-        if (deadline != CREW_FOREVER && crew__deadline_left(deadline, &left) && left < budget)
-            budget = left;
-        uint64_t spin_until = crew__ticks() + crew__ns_to_ticks(budget);
-        unsigned round = 0;
-        do {
-            backoff(&round);
-            rc = try_push(p, r, fn_id, arg, ticks, closed_ok);
-        } while (rc == CREW_EAGAIN && crew__ticks() < spin_until && !(ctx && crew_ctx_done(ctx)));
-        if (rc == 0)
-            return 0;
-        if (rc == CREW_ESHUTDOWN)
-            goto reject;
-    }
 
     crew__ctx_node node = {0};
     if ((rc = crew__ctx_watch(ctx, &node, wake_space, &p->space_ec)))
