@@ -674,8 +674,18 @@ static void *worker_main(void *arg)
     void *job;
     uint64_t ticks;
     bool has_credit = false; /* unbuffered: this worker offered itself */
+    uint64_t idle_since = 0; /* ticks when the queue was last found empty; 0 while busy */
     for (;;) {
         if (pop_any(p, &fn_id, &job, &ticks)) {
+            if (idle_since) {
+                /* Woken for work soon after going idle: next time, spin about that long
+                 * (up to SPIN_MAX), so that paced jobs find a spinner instead of paying a
+                 * wake-up each. */
+                int64_t gap = crew__ticks_to_ns(crew__ticks() - idle_since);
+                if (gap < SPIN_MAX && 2 * gap > w->spin_ns)
+                    w->spin_ns = 2 * gap < SPIN_MAX ? 2 * gap : SPIN_MAX;
+                idle_since = 0;
+            }
             took_job(p, &has_credit);
             /* More work waits and nobody is idle: an elastic pool grows. (Submits grow it
              * too, but one that saw a worker about to wake would not.) */
@@ -699,6 +709,8 @@ static void *worker_main(void *arg)
          * producer does not wake anyone while a worker spins. The first idle worker spins
          * on an adaptive budget (longer while work keeps arriving within it, shorter once
          * it stops, so an idle pool soon burns no CPU); the others spin briefly. */
+        if (!idle_since)
+            idle_since = crew__ticks();
         bool first = atomic_fetch_add(&p->spinning, 1) == 0;
         int64_t budget = first ? w->spin_ns : SPIN_SHORT;
         uint64_t spin_until = crew__ticks() + crew__ns_to_ticks(budget);
@@ -715,6 +727,7 @@ static void *worker_main(void *arg)
             w->spin_ns = got ? (w->spin_ns * 2 < SPIN_MAX ? w->spin_ns * 2 : SPIN_MAX)
                              : (w->spin_ns / 2 > SPIN_MIN ? w->spin_ns / 2 : SPIN_MIN);
         if (got) {
+            idle_since = 0;
             /* More work waiting and nobody left spinning: wake a parked worker for it. */
             if (atomic_load(&p->spinning) == 0 && !queues_empty(p))
                 crew__ec_notify(&p->work_ec, 1);
