@@ -3,8 +3,9 @@
 #
 #   1. every function the header exports (CREW_EXPORT, not crew__) is named in bold;
 #   2. every crew_/CREW_ name on the page exists in the header (no documentation of API
-#      that does not exist), every metric name src/metrics.c writes is on the page, and
-#      the .TH version is CREW_VERSION_STRING;
+#      that does not exist), every metric name src/metrics.c writes is on the page, every
+#      log event src/pool.c emits is named in bold, and the .TH version is
+#      CREW_VERSION_STRING;
 #   3. the program under EXAMPLES compiles with -std=c11 -Wall -Wextra -Werror against
 #      LIBCREW_A (the static library) and exits 0;
 #   4. groff, if installed, formats the page without a single warning.
@@ -18,6 +19,7 @@ root=$(cd "$here/../.." && pwd)
 page=$root/docs/libcrew.3
 header=$root/include/crew.h
 metrics=$root/src/metrics.c
+pool_src=$root/src/pool.c
 
 failed=0
 fail() {
@@ -30,7 +32,7 @@ if [[ $# -ne 1 || ! -f $1 ]]; then
     exit 2
 fi
 lib=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
-for f in "$page" "$header" "$metrics"; do
+for f in "$page" "$header" "$metrics" "$pool_src"; do
     [[ -f $f ]] || { echo "check_man: FAIL: missing $f" >&2; exit 1; }
 done
 
@@ -96,6 +98,18 @@ mapfile -t metric_names < <(grep -oE '"crew_[a-z0-9_]+"' "$metrics" | tr -d '"' 
 for name in "${metric_names[@]}"; do
     grep -qw -- "$name" "$work/page.txt" ||
         fail "src/metrics.c writes the metric $name, which docs/libcrew.3 does not list"
+done
+
+# The pool's log events (the msg argument of each logf_ call in src/pool.c) are all
+# listed, in bold as the exported functions are.
+mapfile -t log_events < <(tr '\n' ' ' <"$pool_src" |
+    grep -oE '\blogf_\([^,;]+,[^,;]+,[[:space:]]*"[A-Za-z0-9_]+"' |
+    sed -E 's/.*"([A-Za-z0-9_]+)"$/\1/' | sort -u)
+[[ ${#log_events[@]} -gt 0 ]] || fail "found no log events in src/pool.c: is the parse broken?"
+for name in "${log_events[@]}"; do
+    if ! grep -Eq "(\\\\fB[^\\\\]*\\b${name}\\b)|(^\\.B[[:space:]].*\\b${name}\\b)|(^\\.B[RI][[:space:]]+(\"[^\"]*\\b${name}\\b|${name}\\b))" "$page"; then
+        fail "src/pool.c logs the event $name, which docs/libcrew.3 does not name in bold"
+    fi
 done
 
 # The version in .TH is the header's.
