@@ -111,7 +111,7 @@ CREW_EXPORT unsigned crew_ncpu(void);
 
 /* ---------------------------------------------------------------------------------------
  * Cancellation contexts (crew_ctx): the C answer to Go's context.Context
- * * A ctx is done once it is cancelled: explicitly, by its deadline, or because its parent
+ * A ctx is done once it is cancelled: explicitly, by its deadline, or because its parent
  * was. Children die with their parent, never the other way round. Deadlines fire from one
  * shared timer thread that starts when first needed and exits 50 ms after the last pending
  * deadline is gone, never a thread per ctx. A NULL ctx means background everywhere. Contexts are
@@ -141,7 +141,8 @@ CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_with_cancel(crew_ctx *parent, crew_ctx
 
 /* As crew_ctx_with_cancel(), and also cancelled with CREW_ETIMEDOUT at the absolute
  * deadline (CREW_FOREVER: none). The child's deadline is the earlier of its own and its
- * parent's. A deadline already past gives a ctx that is done at once. Returns 0,
+ * parent's. A deadline already past gives a ctx that is done at once. Returns 0, CREW_EINVAL
+ * (out NULL),
  * CREW_ENOMEM, or CREW_EAGAIN if the timer thread could not be started.
  * Thread-safe. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_ctx_with_deadline(crew_ctx *parent, int64_t deadline,
@@ -277,13 +278,15 @@ CREW_EXPORT void crew_hist_record(crew_hist *h, int64_t ns);
  * holding the rank, so at most 12.5% above the true value. 0 for an empty h. */
 CREW_EXPORT int64_t crew_hist_quantile(const crew_hist *h, double q);
 
-/* A pool's metrics at one instant. Every accepted job ends in exactly one of succeeded,
- * failed, cancelled or timed_out; until then it is queued or running. So
- * submitted == succeeded + failed + cancelled + timed_out + queued + running. */
+/* A pool's metrics, read counter by counter without stopping the workers. Every accepted
+ * job ends in exactly one of succeeded, failed, cancelled or timed_out, so once the pool is
+ * quiet, submitted == succeeded + failed + cancelled + timed_out + queued + running; while
+ * it is busy the identity holds only approximately (a job just taken by a worker is in
+ * neither gauge for a moment). */
 typedef struct crew_stats {
     char name[64];      /* the pool's name: the Prometheus pool label */
     uint64_t submitted; /* jobs accepted */
-    uint64_t rejected;  /* submits refused: full, timed out, cancelled, shut down */
+    uint64_t rejected;  /* submits refused, whatever the reason */
     uint64_t started;   /* jobs whose function was called */
     uint64_t succeeded; /* returned 0 */
     uint64_t failed;    /* returned an error other than the two below */
@@ -326,7 +329,9 @@ typedef void (*crew_discard_fn)(crew_job_fn fn, void *arg, int reason);
 
 /* Per-worker hooks. init runs first in each new worker thread and may set *state (for a
  * connection or a handle the worker owns; read it from a job with crew_pool_worker_state);
- * a non-zero return stops that worker from starting. fini runs last in the worker. */
+ * a non-zero return stops that worker from starting. fini runs last in the worker. Hooks
+ * and discard callbacks run on worker threads, so for crew_pool_submit, wait, drain and
+ * destroy they count as inside one of the pool's jobs. */
 typedef int (*crew_worker_init_fn)(void *hook_arg, unsigned worker_id, void **state);
 typedef void (*crew_worker_fini_fn)(void *hook_arg, unsigned worker_id, void *state);
 
@@ -346,16 +351,16 @@ typedef struct crew_pool_opts {
     const char *name;         /* metrics label; default "pool" (copied, at most 63 bytes) */
     unsigned workers;         /* workers kept alive (the minimum); 0 = crew_ncpu() */
     unsigned max_workers;     /* elastic ceiling; 0 or < workers = workers (a fixed pool) */
-    size_t queue_cap;         /* jobs waiting for a worker, per priority level (at most 2^30);
-0 = no buffer: a submit succeeds only when a worker is free
-to take the job */
+    size_t queue_cap;         /* jobs waiting for a worker, per priority level (at most
+                                 2^30); 0 = no buffer: a submit succeeds only when a worker
+                                 is free to take the job */
     int64_t idle_timeout;     /* ns a worker above the minimum stays idle before it exits;
                                  0 = 10 s */
     int64_t job_timeout;      /* default run budget per job, ns; 0 = none */
     int64_t queue_timeout;    /* default queue budget per job, ns; 0 = none: a job that waited
                                  longer is dropped unrun and reported timed out */
     unsigned priorities;      /* priority levels 0..priorities-1 (at most 64), higher runs
-first, FIFO within a level, each its own queue; 0 = 1 */
+                                 first, FIFO within a level, each its own queue; 0 = 1 */
     crew_ctx *ctx;            /* parent of the pool's ctx; NULL = background */
     crew_worker_init_fn init; /* per-worker hooks (may be NULL) and their argument */
     crew_worker_fini_fn fini;
@@ -394,7 +399,9 @@ typedef struct crew_job {
  * hook's error; on failure nothing is left running. Thread-safe. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_pool_create(crew_pool **out, const crew_pool_opts *opts);
 
-/* Shuts p down if it is not (as crew_pool_cancel then crew_pool_wait), then frees it.
+/* Cancels p (crew_pool_cancel: what is still queued is dropped and reported
+ * CREW_ECANCELED, running jobs see their ctx cancelled), waits for its workers, and frees
+ * it; to finish the queued work first, drain (or close and wait) before destroying.
  * Results still unread in the results channel are discarded (nobody can read them after
  * destroy), so a full, unread channel cannot hang it. No other thread may use p during or
  * after the call, and it must not be called from one of p's jobs. Futures of p stay valid
@@ -402,7 +409,7 @@ CREW_EXPORT CREW_WARN_UNUSED int crew_pool_create(crew_pool **out, const crew_po
 CREW_EXPORT void crew_pool_destroy(crew_pool *p);
 
 /* Submits fn(ctx, arg). A ctx already done is refused first. Blocks while the queue is
- * full (spinning briefly, then sleeping), until deadline or until ctx (may be NULL) is
+ * full (sleeping, woken when it has drained to half), until deadline or until ctx (may be NULL) is
  * done. Returns 0 (accepted), CREW_EAGAIN (full, and deadline CREW_NOW or already past),
  * CREW_ETIMEDOUT, ctx's error, CREW_ESHUTDOWN (p no longer accepts jobs), CREW_EINVAL (p
  * or fn NULL), CREW_ENOMEM (only once p has seen more than 255 distinct job functions:
@@ -428,9 +435,9 @@ CREW_EXPORT CREW_WARN_UNUSED int crew_pool_submit_job(crew_pool *p, const crew_j
                                                       crew_ctx *ctx);
 
 /* Blocks until f's job has finished or was dropped, until deadline or until ctx is done.
- * Returns 0 (f is done), CREW_ETIMEDOUT, CREW_EAGAIN (CREW_NOW and not done), or ctx's
- * error. Thread-safe. From inside a job of the same pool, waiting may deadlock if all
- * workers do it: prefer a deadline. */
+ * Returns 0 (f is done), CREW_ETIMEDOUT, CREW_EAGAIN (CREW_NOW and not done), ctx's error,
+ * or CREW_EINVAL (f NULL). Thread-safe. From inside a job of the same pool, waiting may deadlock if
+ * all workers do it: prefer a deadline. */
 CREW_EXPORT int crew_future_wait(crew_future *f, int64_t deadline, crew_ctx *ctx);
 
 /* True once f's job has finished or was dropped. Thread-safe. */
@@ -452,8 +459,9 @@ CREW_EXPORT void crew_future_release(crew_future *f);
 /* Stops accepting jobs from outside; workers finish the queue and exit. Jobs already
  * running may still submit follow-up jobs to p (run by a worker, or in place as
  * crew_pool_submit describes): a drain finishes all the work (only a cancel refuses them,
- * with CREW_ESHUTDOWN). Does not wait (see crew_pool_wait). Safe to
- * call twice and from several threads. Returns 0. Thread-safe; callable from a job. */
+ * with CREW_ESHUTDOWN; one already waiting for room when the cancel comes may still be
+ * accepted, and is then dropped and reported CREW_ECANCELED). Does not wait (see crew_pool_wait).
+ * Safe to call twice and from several threads. Returns 0. Thread-safe; callable from a job. */
 CREW_EXPORT int crew_pool_close(crew_pool *p);
 
 /* Blocks until every worker of a closed or cancelled pool has exited (then the results

@@ -25,20 +25,22 @@
  * Capacity 0 ("no buffer") uses the same ring, sized to max_workers, plus credits: an idle
  * worker adds one credit, a submit must take one before pushing, so a job is accepted only
  * when a worker is free to take it.
- * * Sleeping. An idle worker spins before it parks on the work eventcount: the first idle
- * worker on an adaptive budget (10 us to 1 ms: doubled when a spin finds work, halved when
- * not), the others for 5 us; spinning backs off to sched_yield so that on an oversubscribed
+ *
+ * Sleeping. An idle worker spins before it parks on the work eventcount: the first idle
+ * worker on an adaptive budget (10 us to 1 ms: doubled when a spin finds work, raised to
+ * twice the idle time when woken for work within 1 ms, halved when a spin finds nothing),
+ * the others for 5 us; spinning backs off to sched_yield so that on an oversubscribed
  * machine the spinner hands its core to the producer it waits for. A producer wakes one
  * parked worker only if nobody spins. A producer facing a full ring parks on the space
  * eventcount at once (spinning for room would take a core from the workers that make it);
  * parked producers are woken together once the ring has drained to half, never one per
- * pop (that would be a wake-up per job). In both
- * directions the notifier's seq_cst CAS (on tail or head) and its seq_cst load of the
- * waiter count pair with the waiter's seq_cst increment and re-check, so no wake-up is lost
- * and a notify with nobody waiting costs one load: no system call per submit while workers
- * are awake. A thread that takes a wake-up it does not use (a retiring worker, a producer
- * giving up) passes it on.
- * * Threads and locks. p->lock (a mutex) guards the worker list, spawning, joining, the
+ * pop (that would be a wake-up per job). In both directions the notifier's seq_cst CAS (on
+ * tail or head) and its seq_cst load of the waiter count pair with the waiter's seq_cst
+ * increment and re-check, so no wake-up is lost and a notify with nobody waiting costs one
+ * load: no system call per submit while workers are awake. A thread that takes a wake-up it does
+ * not use (a retiring worker, a producer giving up) passes it on.
+ *
+ * Threads and locks. p->lock (a mutex) guards the worker list, spawning, joining, the
  * function table's insertions, the ext freelist and the results-channel close; it is never
  * held while running a job, waiting for one, or running an init hook (a spawner that waits
  * for a hook drops it, and pins the new worker with `awaited` so it cannot be reaped
