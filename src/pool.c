@@ -19,8 +19,9 @@
  * Shutdown without races. Bit 63 of each ring's tail is the closed mark, set with one
  * fetch_or by close/cancel. A producer's CAS on tail either happened before the mark (its
  * job is in the ring and will be drained or dropped) or fails and sees the mark
- * (CREW_ESHUTDOWN): no job can slip in after workers decided the queue is finished. A
- * worker exits only when the pool is shutting down and every ring is empty.
+ * (CREW_ESHUTDOWN): no job can slip in after workers decided the queue is finished. The
+ * marks are set before the new state is published, and a worker exits only when it sees
+ * the pool shutting down and then every ring empty.
  *
  * Capacity 0 ("no buffer") uses the same ring, sized to max_workers, plus credits: an idle
  * worker adds one credit, a submit must take one before pushing, so a job is accepted only
@@ -1184,11 +1185,14 @@ void crew_future_release(crew_future *f)
  * and wakes everyone who may need to see it. */
 static void shut(crew_pool *p, int to)
 {
+    /* Mark the rings before publishing the state: a worker that sees the new state (an
+     * acquire load) then reads each tail at or after its mark, so every push that beat the
+     * mark is in what it sees, and it cannot exit ahead of a job that is still landing. */
+    for (unsigned l = 0; l < p->levels; l++)
+        atomic_fetch_or(&p->rings[l].tail, MARK);
     int st = atomic_load(&p->state);
     while (st < to && !atomic_compare_exchange_weak(&p->state, &st, to))
         ;
-    for (unsigned l = 0; l < p->levels; l++)
-        atomic_fetch_or(&p->rings[l].tail, MARK);
     crew__ec_notify(&p->work_ec, INT_MAX);
     crew__ec_notify(&p->space_ec, INT_MAX);
     crew__check(pthread_mutex_lock(&p->lock));
