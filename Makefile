@@ -9,6 +9,8 @@
 
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
+# Stress tests run this many times their base length (rounds, jobs, seconds) in make test.
+export CREW_STRESS_SCALE ?= 4
 CMAKE ?= cmake
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null || find include src tests bench examples cli -name '*.[ch]')
 
