@@ -1051,6 +1051,86 @@ static void test_init_hooks_unlocked(void **state)
     gate_fini(&slow_init_gate);
 }
 
+/* More than 255 distinct job functions: the ones past the function table take the
+ * extended path, and still run exactly once. */
+#define FN(n)                                                                                      \
+    static int many_##n(crew_ctx *ctx, void *arg)                                                  \
+    {                                                                                              \
+        (void)ctx;                                                                                 \
+        (void)arg;                                                                                 \
+        atomic_fetch_add(&counter, 1);                                                             \
+        return 0;                                                                                  \
+    }
+#define FN10(p)                                                                                    \
+    FN(p##0) FN(p##1) FN(p##2) FN(p##3) FN(p##4) FN(p##5) FN(p##6) FN(p##7) FN(p##8) FN(p##9)
+#define FN100(p)                                                                                   \
+    FN10(p##0)                                                                                     \
+    FN10(p##1)                                                                                     \
+    FN10(p##2) FN10(p##3) FN10(p##4) FN10(p##5) FN10(p##6) FN10(p##7) FN10(p##8) FN10(p##9)
+FN100(1)
+FN100(2)
+FN100(3)
+#define PTR(n) many_##n,
+#define PTR10(p)                                                                                   \
+    PTR(p##0)                                                                                      \
+    PTR(p##1) PTR(p##2) PTR(p##3) PTR(p##4) PTR(p##5) PTR(p##6) PTR(p##7) PTR(p##8) PTR(p##9)
+#define PTR100(p)                                                                                  \
+    PTR10(p##0)                                                                                    \
+    PTR10(p##1)                                                                                    \
+    PTR10(p##2) PTR10(p##3) PTR10(p##4) PTR10(p##5) PTR10(p##6) PTR10(p##7) PTR10(p##8)            \
+        PTR10(p##9)
+    static crew_job_fn many_fns[] = {PTR100(1) PTR100(2) PTR100(3)};
+
+static void test_many_functions(void **state)
+{
+    (void)state;
+    reset_counts();
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 512}), 0);
+    size_t n = sizeof many_fns / sizeof many_fns[0];
+    assert_int_equal(n, 300);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(crew_pool_submit(p, many_fns[i], NULL, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 300);
+    assert_int_equal(stats_of(p).submitted, 300);
+    crew_pool_destroy(p);
+
+    /* An extended submit on a new pool (empty freelist) allocates its record: make that
+     * allocation fail. */
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 4}), 0);
+    crew__test_fail_after(1);
+    assert_int_equal(crew_pool_submit_job(p, &(crew_job){.fn = nop_job}, NULL, CREW_FOREVER, NULL),
+                     CREW_ENOMEM);
+    crew__test_fail_after(0);
+    assert_int_equal(stats_of(p).rejected, 1);
+    crew_pool_destroy(p);
+}
+
+/* A job submitting to its own unbuffered pool while another worker is busy: nothing to
+ * run in its place and not every worker is stuck, so it waits, and gets in once the other
+ * worker frees up. */
+static void test_self_submit_waits_for_others(void **state)
+{
+    (void)state;
+    reset_counts();
+    gate g;
+    gate_init(&g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 0}), 0);
+    saturate(p, &g, 1);
+    fanout f = {.p = p, .n = 1};
+    eventually(crew_pool_try_submit(p, fanout_job, &f) == 0);
+    eventually(crew__pool_space_waiters(p) == 1); /* the fanout job waits for room */
+    assert_int_equal(atomic_load(&counter), 0);
+    gate_open(&g);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&f.rc_sum), 0);
+    assert_int_equal(atomic_load(&counter), 1);
+    crew_pool_destroy(p);
+    gate_fini(&g);
+}
+
 /* ---- scaling ----------------------------------------------------------------------------- */
 
 static void test_resize(void **state)
@@ -1225,6 +1305,8 @@ int main(void)
         leak_test(test_destroy_unread_results),
         leak_test(test_submit_ctx_and_past_deadline),
         leak_test(test_init_hooks_unlocked),
+        leak_test(test_many_functions),
+        leak_test(test_self_submit_waits_for_others),
         leak_test(test_resize),
         leak_test(test_resize_busy),
         leak_test(test_elastic),
