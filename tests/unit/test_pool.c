@@ -549,6 +549,7 @@ static void test_job_timeout(void **state)
     /* Plain submits get the pool's budget too, and the job ctx is reused per job. */
     for (int i = 0; i < 20; i++)
         assert_int_equal(crew_pool_submit(p, wait_ctx_job, NULL, CREW_FOREVER, NULL), 0);
+    eventually(stats_of(p).timed_out == 22); /* all ran out their budgets */
     /* A job with budget < 0 has none: it sees the pool's ctx, which a drain whose deadline
      * passes cancels with cause CREW_ETIMEDOUT. */
     assert_int_equal(crew_pool_submit_job(p, &(crew_job){.fn = wait_ctx_job, .timeout = -1}, &f1,
