@@ -174,6 +174,8 @@ struct crew_pool {
 static _Thread_local worker *tls_worker __attribute__((tls_model("initial-exec")));
 static _Thread_local int tls_help_depth __attribute__((tls_model("initial-exec")));
 
+/* One log event with the pool's name and, optionally, one key/value pair. Only ever called
+ * off the hot path: spawns, exits, failures. */
 static void logf_(crew_pool *p, int level, const char *msg, const char *k, const char *v)
 {
     if (!p->log)
@@ -186,6 +188,8 @@ static void logf_(crew_pool *p, int level, const char *msg, const char *k, const
 
 /* ---- the ring ----------------------------------------------------------------------- */
 
+/* Allocates a ring of cap slots (and, for timing, their submit timestamps). Each slot's
+ * stamp starts at its own index: the producer's turn on lap 0. */
 static int ring_init(ring *r, uint64_t cap, bool ticks)
 {
     r->cap = cap;
@@ -206,6 +210,7 @@ static int ring_init(ring *r, uint64_t cap, bool ticks)
     return 0;
 }
 
+/* Frees a ring's memory; its jobs must have been run or dropped. */
 static void ring_fini(ring *r)
 {
     crew__free(r->slots);
@@ -344,6 +349,9 @@ static uint32_t fn_id_of(crew_pool *p, crew_job_fn fn)
 
 static void pool_unref(crew_pool *p);
 
+/* An extended-job record, from the freelist or freshly allocated (only until the freelist
+ * has warmed up). Each live record holds a reference on the pool's memory, so that a
+ * future may outlive crew_pool_destroy. */
 static ext *ext_get(crew_pool *p)
 {
     crew__check(pthread_mutex_lock(&p->lock));
@@ -360,6 +368,8 @@ static ext *ext_get(crew_pool *p)
     return e;
 }
 
+/* Drops one of a record's references (the pool's delivery, the user's future); the last
+ * puts it back on the freelist and releases its hold on the pool's memory. */
 static void ext_put(ext *e)
 {
     if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
@@ -374,6 +384,8 @@ static void ext_put(ext *e)
 
 /* ---- running and dropping jobs (worker side) ----------------------------------------- */
 
+/* Reports a finished or dropped job: to the results channel, then to its future. This is
+ * the one place a job's outcome leaves the pool, so each job is reported exactly once. */
 static void deliver(crew_pool *p, ext *e, crew_job_fn fn, void *arg, int err, int ran)
 {
     if (p->results) {
@@ -492,6 +504,8 @@ static bool pop_any(crew_pool *p, uint32_t *fn_id, void **arg, uint64_t *ticks)
     return false;
 }
 
+/* True if no ring holds a job, counting jobs claimed but not yet published: a worker that
+ * sees the pool shutting down exits only on this. */
 static bool queues_empty(crew_pool *p)
 {
     for (unsigned l = 0; l < p->levels; l++)
@@ -656,6 +670,11 @@ static bool retract_credit(crew_pool *p)
     return false;
 }
 
+/* A worker's life: run the init hook; then loop: take a job (highest priority first) and
+ * run it; when there is none, offer a credit (unbuffered pools), spin for a while, then
+ * park until woken, the idle timeout (elastic pools) or a resize asks some to leave; exit
+ * once the pool is shut down and the queues are empty, or when retired. The fini hook runs
+ * last, in the worker. */
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -795,6 +814,8 @@ retire:
 static void on_pool_ctx_cancel(void *arg, int err);
 static void shut(crew_pool *p, int to);
 
+/* Frees the pool's memory once nothing refers to it: the user's reference is gone
+ * (destroy) and every extended record has been put back. Workers are already joined. */
 static void pool_free(crew_pool *p)
 {
     for (ext *e = p->free_ext, *next; e; e = next) {
@@ -810,6 +831,7 @@ static void pool_free(crew_pool *p)
     crew__free(p);
 }
 
+/* Drops one reference on the pool's memory; the last frees it. */
 static void pool_unref(crew_pool *p)
 {
     if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1)
@@ -923,6 +945,7 @@ void crew_pool_destroy(crew_pool *p)
 
 /* ---- submit -------------------------------------------------------------------------- */
 
+/* Counts a refused submit. A shared atomic is fine here: refusals are the slow path. */
 static void count_reject(crew_pool *p)
 {
     atomic_fetch_add_explicit(&p->rejected, 1, memory_order_relaxed);
@@ -967,6 +990,8 @@ static int try_push(crew_pool *p, ring *r, uint32_t fn_id, void *arg, uint64_t t
     return 0;
 }
 
+/* ctx hook of a producer waiting for room: wakes all parked producers, and each re-checks
+ * its own ctx (the eventcount has no per-waiter wake-up). */
 static void wake_space(void *arg, int err)
 {
     (void)err;
@@ -1119,6 +1144,7 @@ int crew_pool_submit_job(crew_pool *p, const crew_job *job, crew_future **future
 
 /* ---- futures ------------------------------------------------------------------------- */
 
+/* ctx hook of a future waiter: as wake_space, for the future's eventcount. */
 static void wake_future(void *arg, int err)
 {
     (void)err;
@@ -1206,6 +1232,8 @@ int crew_pool_close(crew_pool *p)
     return 0;
 }
 
+/* The pool's ctx was cancelled (by crew_pool_cancel or through its parent): shut the pool
+ * down as crew_pool_cancel does. Runs in the cancelling thread; never blocks. */
 static void on_pool_ctx_cancel(void *arg, int err)
 {
     (void)err;
