@@ -17,9 +17,11 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static crew_pool *pool;
 static atomic_int interrupts; /* Ctrl-C presses so far */
@@ -112,6 +114,7 @@ int main(int argc, char **argv)
     printf("demo: %u jobs on %u workers (queue 256, job timeout 50ms); Ctrl-C drains\n", njobs,
            workers);
 
+    bool tty = isatty(STDOUT_FILENO);
     uint64_t seed = 42;
     int64_t t0 = crew_now(), next_report = t0;
     unsigned sent = 0;
@@ -129,9 +132,11 @@ int main(int argc, char **argv)
         if (crew_now() >= next_report) {
             crew_stats s;
             crew_pool_stats(pool, &s);
-            printf("\r  submitted %6u  done %6llu  queued %4llu  busy %2llu", sent + 1,
+            /* On a terminal the progress line rewrites itself; in a log, one line each. */
+            printf("%s  submitted %6u  done %6llu  queued %4llu  busy %2llu%s", tty ? "\r" : "",
+                   sent + 1,
                    (unsigned long long)(s.succeeded + s.failed + s.timed_out + s.cancelled),
-                   (unsigned long long)s.queued, (unsigned long long)s.running);
+                   (unsigned long long)s.queued, (unsigned long long)s.running, tty ? "" : "\n");
             fflush(stdout);
             next_report += 250 * CREW_MSEC;
         }
