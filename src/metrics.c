@@ -222,8 +222,7 @@ typedef struct scalar_family {
 static const scalar_family scalars[] = {
     {"crew_jobs_submitted_total", "counter", "Jobs accepted by the pool.",
      offsetof(crew_stats, submitted)},
-    {"crew_jobs_rejected_total", "counter",
-     "Submits refused: queue full, timed out, cancelled or shut down.",
+    {"crew_jobs_rejected_total", "counter", "Submits refused, whatever the reason.",
      offsetof(crew_stats, rejected)},
     {"crew_jobs_started_total", "counter", "Jobs whose function was called.",
      offsetof(crew_stats, started)},

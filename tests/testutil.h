@@ -13,8 +13,10 @@
 
 #include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -110,6 +112,37 @@ static inline int leak_teardown(void **state)
 }
 
 #define leak_test(fn) cmocka_unit_test_setup_teardown(fn, leak_setup, leak_teardown)
+
+/* Waits (yielding, at most 10 s) until the process has at most n threads: for threads told
+ * to exit that are still on their way out. */
+static inline void wait_threads_at_most(int n)
+{
+    int64_t until = crew_now() + 10 * CREW_SEC;
+    while (thread_count() > n && crew_now() < until)
+        sched_yield();
+    assert_true(thread_count() <= n);
+}
+
+/* Burns a little time without sleeping, to give another thread a chance to block first.
+ * A test's correctness never depends on it: it only makes the interesting interleaving
+ * likelier. */
+static inline void give_a_chance(void)
+{
+    int64_t until = crew_now() + 20 * CREW_MSEC;
+    while (crew_now() < until)
+        sched_yield();
+}
+
+/* Spins (yielding) until cond holds or 10 s pass, evaluating it once per round (it may
+ * have side effects), and asserts that it held. */
+#define eventually(cond)                                                                           \
+    do {                                                                                           \
+        int64_t until_ = crew_deadline_in(10 * CREW_SEC);                                          \
+        bool ok_;                                                                                  \
+        while (!(ok_ = (cond)) && crew_now() < until_)                                             \
+            sched_yield();                                                                         \
+        assert_true(ok_);                                                                          \
+    } while (0)
 
 /* A small fast PRNG for stress tests (xorshift64*), seeded per thread. */
 static inline uint64_t rng_next(uint64_t *s)

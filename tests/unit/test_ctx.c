@@ -97,24 +97,6 @@ static void test_cancel_basic(void **state)
     assert_int_equal(crew_ctx_with_deadline(NULL, CREW_FOREVER, NULL), CREW_EINVAL);
 }
 
-/* Polls until at most n threads run (an idle timer thread exits asynchronously). */
-static void wait_threads_at_most(int n)
-{
-    int64_t until = crew_now() + 10 * CREW_SEC;
-    while (thread_count() > n && crew_now() < until)
-        sched_yield();
-    assert_true(thread_count() <= n);
-}
-
-/* Burns a little time without sleeping: gives another thread a chance to block first.
- * Correctness never depends on it. */
-static void give_a_chance(void)
-{
-    int64_t until = crew_now() + 20 * CREW_MSEC;
-    while (crew_now() < until)
-        sched_yield();
-}
-
 static void test_tree(void **state)
 {
     (void)state;

@@ -71,17 +71,6 @@ static void saturate(crew_pool *p, gate *g, int n)
     assert_int_equal(atomic_load(&g->inside), n);
 }
 
-/* Spins (yielding) until cond holds or 10 s pass, evaluating it once per round (it may
- * have side effects), and asserts that it held. */
-#define eventually(cond)                                                                           \
-    do {                                                                                           \
-        int64_t until_ = crew_deadline_in(10 * CREW_SEC);                                          \
-        bool ok_;                                                                                  \
-        while (!(ok_ = (cond)) && crew_now() < until_)                                             \
-            sched_yield();                                                                         \
-        assert_true(ok_);                                                                          \
-    } while (0)
-
 static _Atomic long counter;
 
 static int count_job(crew_ctx *ctx, void *arg)

@@ -6,24 +6,6 @@
 #include <sched.h>
 #include <string.h>
 
-/* Polls until at most n threads run (the idle timer thread exits asynchronously). */
-static void wait_threads_at_most(int n)
-{
-    int64_t until = crew_now() + 10 * CREW_SEC;
-    while (thread_count() > n && crew_now() < until)
-        sched_yield();
-    assert_true(thread_count() <= n);
-}
-
-/* Burns a little time without sleeping, to let another thread block first. Correctness
- * never depends on it. */
-static void give_a_chance(void)
-{
-    int64_t until = crew_now() + 20 * CREW_MSEC;
-    while (crew_now() < until)
-        sched_yield();
-}
-
 /* A timer that counts its firings and records their order. */
 typedef struct tick {
     crew__timer t;
