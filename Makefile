@@ -60,6 +60,7 @@ bench:
 		-DCREW_BUILD_BENCH=ON -DCREW_BUILD_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build/bench -j $(JOBS)
 	./bench/run build/bench
+	@for s in bench/run-*; do [ -x "$$s" ] && "$$s" build/bench || true; done
 
 install: build
 	$(CMAKE) --install build/release --prefix $(PREFIX)

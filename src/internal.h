@@ -173,6 +173,18 @@ static inline void crew__count(_Atomic uint64_t *c, uint64_t n)
                           memory_order_relaxed);
 }
 
+/* ---- pool (pool.c): for the modules built on it ------------------------------------------ */
+
+/* True if the calling thread is running one of p's jobs (or its hooks). */
+bool crew__pool_in_job(const crew_pool *p);
+
+/* From one of p's jobs that must wait for other jobs of p (an error group's wait, a
+ * limited group's go): runs the highest-priority queued job of p in the calling thread, so
+ * a pool whose every worker waits cannot deadlock. Returns 0 if it ran one, CREW_EDEADLK if
+ * nothing is queued (or helping is already 4 jobs deep: wait instead), CREW_EINVAL if the
+ * caller is not in one of p's jobs. */
+int crew__pool_help(crew_pool *p);
+
 /* ---- pool (pool.c): for tests ---------------------------------------------------------- */
 
 /* Threads parked in a submit waiting for room in p. */

@@ -1359,6 +1359,18 @@ int crew_pool_worker_id(void)
     return tls_worker ? (int)tls_worker->id : -1;
 }
 
+bool crew__pool_in_job(const crew_pool *p)
+{
+    return tls_worker && tls_worker->pool == p;
+}
+
+int crew__pool_help(crew_pool *p)
+{
+    if (!crew__pool_in_job(p))
+        return CREW_EINVAL;
+    return help_through(p);
+}
+
 unsigned crew__pool_space_waiters(crew_pool *p)
 {
     return atomic_load(&p->space_ec.waiters);
