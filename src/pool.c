@@ -424,8 +424,13 @@ static size_t ctx_stride(void)
     return (crew__ctx_sizeof() + CREW__CACHELINE - 1) & ~(size_t)(CREW__CACHELINE - 1);
 }
 
-/* Runs (or drops) one job taken from a ring. */
-static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t submit_ticks)
+/* Runs (or drops) one job taken from a ring. *clock is the time the caller knows it took
+ * the job, or 0; on return it holds the time the job ended (0 if nothing was timed). A
+ * worker that takes its next job straight away passes that end on as the next start, so a
+ * busy worker reads the clock once per job, not twice: the next job's queue wait then
+ * stops a pop earlier (some 20 ns), which the histograms' 12.5% buckets cannot see. */
+static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t submit_ticks,
+                    uint64_t *clock)
 {
     ext *e = NULL;
     crew_job_fn fn;
@@ -447,7 +452,10 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
         drop(p, w, e, fn, arg, CREW_ECANCELED, submit_ticks);
         return;
     }
-    uint64_t start = p->timing || queue_timeout > 0 ? crew__ticks() : 0;
+    uint64_t start = *clock;
+    *clock = 0;
+    if (!start && (p->timing || queue_timeout > 0))
+        start = crew__ticks();
     if (queue_timeout > 0 && crew__ticks_to_ns(start - submit_ticks) > queue_timeout) {
         drop(p, w, e, fn, arg, CREW_ETIMEDOUT, submit_ticks);
         return;
@@ -475,6 +483,7 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
         uint64_t end = crew__ticks();
         crew__hist_add(&w->wait, crew__ticks_to_ns(start - submit_ticks));
         crew__hist_add(&w->run, crew__ticks_to_ns(end - start));
+        *clock = end;
     }
     crew__count(rc == 0                ? &w->succeeded
                 : rc == CREW_ETIMEDOUT ? &w->timed_out
@@ -697,6 +706,7 @@ static void *worker_main(void *arg)
     uint64_t ticks;
     bool has_credit = false; /* unbuffered: this worker offered itself */
     uint64_t idle_since = 0; /* ticks when the queue was last found empty; 0 while busy */
+    uint64_t clock = 0;      /* when the last job ended, if the next follows at once */
     for (;;) {
         if (pop_any(p, &fn_id, &job, &ticks)) {
             if (idle_since) {
@@ -715,9 +725,10 @@ static void *worker_main(void *arg)
                 atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed) == 0 &&
                 atomic_load_explicit(&p->spinning, memory_order_relaxed) == 0 && !queues_empty(p))
                 maybe_grow(p);
-            run_job(p, w, fn_id, job, ticks);
+            run_job(p, w, fn_id, job, ticks, &clock);
             continue;
         }
+        clock = 0; /* idle from here: the next job's start is read afresh */
         int st = atomic_load_explicit(&p->state, memory_order_acquire);
         if (st != OPEN && queues_empty(p))
             break;
@@ -754,7 +765,7 @@ static void *worker_main(void *arg)
             if (atomic_load(&p->spinning) == 0 && !queues_empty(p))
                 crew__ec_notify(&p->work_ec, 1);
             took_job(p, &has_credit);
-            run_job(p, w, fn_id, job, ticks);
+            run_job(p, w, fn_id, job, ticks, &clock);
             continue;
         }
 
@@ -763,7 +774,7 @@ static void *worker_main(void *arg)
         if (pop_any(p, &fn_id, &job, &ticks)) {
             crew__ec_cancel(&p->work_ec);
             took_job(p, &has_credit);
-            run_job(p, w, fn_id, job, ticks);
+            run_job(p, w, fn_id, job, ticks, &clock);
             continue;
         }
         st = atomic_load_explicit(&p->state, memory_order_acquire);
@@ -1009,7 +1020,8 @@ static int help_through(crew_pool *p)
     bool no_credit = false; /* a busy worker holds no offer */
     took_job(p, &no_credit);
     tls_help_depth++;
-    run_job(p, tls_worker, fn_id, job, ticks);
+    uint64_t clock = 0;
+    run_job(p, tls_worker, fn_id, job, ticks, &clock);
     tls_help_depth--;
     return 0;
 }
@@ -1059,7 +1071,8 @@ static int push_job(crew_pool *p, unsigned level, uint32_t fn_id, void *arg, int
             if (tls_help_depth < HELP_DEPTH) {
                 atomic_fetch_add_explicit(&p->inline_runs, 1, memory_order_relaxed);
                 tls_help_depth++;
-                run_job(p, tls_worker, fn_id, arg, ticks);
+                uint64_t clock = 0;
+                run_job(p, tls_worker, fn_id, arg, ticks, &clock);
                 tls_help_depth--;
                 rc = 0;
             }
