@@ -59,6 +59,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -91,7 +92,7 @@ typedef struct request {
 typedef struct shared {
     CURLSH *share;                              /* DNS cache and TLS sessions */
     pthread_mutex_t locks[CURL_LOCK_DATA_LAST]; /* one per kind of shared data */
-    const config *cfg;
+    const config *cfg;                          /* the options the handles are set up with */
 } shared;
 
 /* A worker's own state, made by worker_init and freed by worker_fini. */
@@ -185,10 +186,22 @@ static int worker_init(void *hook_arg, unsigned worker_id, void **state)
         return CREW_ENOMEM;
     long budget_ms = (long)((s->cfg->timeout + CREW_MSEC - 1) / CREW_MSEC);
     CURL *e = w->easy = curl_easy_init();
-    if (!e || curl_easy_setopt(e, CURLOPT_SHARE, s->share) ||
+    if (!e) {
+        free(w);
+        return CREW_ENOMEM;
+    }
+    /* Only http and https, also after a redirect. */
+#if LIBCURL_VERSION_NUM >= 0x075500
+    CURLcode cc = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (cc == CURLE_OK)
+        cc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    CURLcode cc = curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    if (cc == CURLE_OK)
+        cc = curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    if (cc || curl_easy_setopt(e, CURLOPT_SHARE, s->share) ||
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) ||
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") ||
-        curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") ||
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L) ||
         curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L) ||
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, budget_ms) ||
@@ -197,9 +210,9 @@ static int worker_init(void *hook_arg, unsigned worker_id, void **state)
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) ||
         curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L) ||
         curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress)) {
-        curl_easy_cleanup(e); /* NULL is ignored */
+        curl_easy_cleanup(e);
         free(w);
-        return CREW_ENOMEM;
+        return CREW_EINVAL; /* this libcurl lacks an option */
     }
     *state = w;
     return 0;
@@ -501,7 +514,10 @@ static int report(const url_list *l, int64_t wall)
         timeouts += strcmp(r->reason, "timeout") == 0;
         cancelled += strcmp(r->reason, "cancelled") == 0;
     }
-    fflush(stdout);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "fetch: cannot write the results: %s\n", strerror(errno));
+        return 3;
+    }
     fprintf(stderr,
             "fetch: %zu urls in %.2f s: %zu ok, %zu failed (%zu timeout, %zu cancelled), "
             "%ld connections\n",
@@ -528,6 +544,9 @@ int main(int argc, char **argv)
         return 3;
     }
 
+    /* With CURLOPT_NOSIGNAL libcurl leaves SIGPIPE alone: a peer closing a TLS connection
+     * must not kill the process, so ignore it here once. */
+    signal(SIGPIPE, SIG_IGN);
     int64_t t0 = crew_now();
     status = 3;
     shared sh = {0};

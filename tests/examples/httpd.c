@@ -48,11 +48,11 @@
 #define MAX_MS    (10ll * 60 * 1000)
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cond;           /* broadcast once when stopping; CLOCK_MONOTONIC */
-static bool stopping;                 /* the server is shutting down; under lock */
-static atomic_ulong connections;      /* connections accepted */
-static atomic_ulong requests;         /* requests received */
-static int request_marker;            /* its address tags a request already counted */
+static pthread_cond_t cond;      /* broadcast once when stopping; CLOCK_MONOTONIC */
+static bool stopping;            /* the server is shutting down; under lock */
+static atomic_ulong connections; /* connections accepted */
+static atomic_ulong requests;    /* requests received */
+static int request_marker;       /* its address tags a request already counted */
 
 static void check(int rc, const char *what)
 {
@@ -77,7 +77,8 @@ static bool wait_stop(long long ms)
     check(pthread_mutex_lock(&lock), "lock");
     int rc = 0;
     while (!stopping && rc != ETIMEDOUT)
-        rc = ms < 0 ? pthread_cond_wait(&cond, &lock) : pthread_cond_timedwait(&cond, &lock, &until);
+        rc =
+            ms < 0 ? pthread_cond_wait(&cond, &lock) : pthread_cond_timedwait(&cond, &lock, &until);
     bool stop = stopping;
     check(pthread_mutex_unlock(&lock), "unlock");
     return stop;
@@ -142,8 +143,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return MHD_NO;
     }
     if (strcmp(url, "/stats") == 0) {
-        snprintf(body, sizeof body, "connections %lu\nrequests %lu\n",
-                 atomic_load(&connections), atomic_load(&requests));
+        snprintf(body, sizeof body, "connections %lu\nrequests %lu\n", atomic_load(&connections),
+                 atomic_load(&requests));
         return reply(c, MHD_HTTP_OK, body);
     }
     if ((v = number_after(url, "/slow/", 0, MAX_MS)) >= 0)
@@ -155,8 +156,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if ((v = number_after(url, "/bytes/", 0, MAX_BYTES)) >= 0) {
         if (v == 0)
             return reply(c, MHD_HTTP_OK, "");
-        struct MHD_Response *r = MHD_create_response_from_callback((uint64_t)v, 64 * 1024, fill,
-                                                                   NULL, NULL);
+        struct MHD_Response *r =
+            MHD_create_response_from_callback((uint64_t)v, 64 * 1024, fill, NULL, NULL);
         if (!r)
             return MHD_NO;
         enum MHD_Result rc = MHD_queue_response(c, MHD_HTTP_OK, r);
@@ -209,8 +210,8 @@ int main(void)
     }
 
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL,
-        0, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL,
+        NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL, MHD_OPTION_END);
     const union MHD_DaemonInfo *info = d ? MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT) : NULL;
     if (!info) {
