@@ -60,6 +60,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -389,11 +390,16 @@ static void free_urls(url_list *l)
 
 /* ---- command line -------------------------------------------------------------------- */
 
-static int usage_error(const char *fmt, const char *arg)
+/* Prints "fetch: " and the formatted complaint, then the usage hint; returns 2. */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "fetch: ");
-    fprintf(stderr, fmt, arg);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n" USAGE "  (fetch -h for help)\n");
+    va_end(ap);
     return 2;
 }
 
@@ -401,13 +407,10 @@ static int usage_error(const char *fmt, const char *arg)
 static int parse_duration(const char *opt, const char *arg, int64_t *out)
 {
     int64_t ns;
-    if (crew_duration_parse(arg, &ns) != 0 || ns <= 0) {
-        fprintf(stderr,
-                "fetch: %s: expected a positive duration such as 500ms, 10s or 1m30s, got '%s'\n"
-                "%s  (fetch -h for help)\n",
-                opt, arg, USAGE);
-        return 2;
-    }
+    if (crew_duration_parse(arg, &ns) != 0 || ns <= 0)
+        return usage_error("%s: expected a positive duration such as 500ms, 10s or 1m30s, "
+                           "got '%s'",
+                           opt, arg);
     *out = ns;
     return 0;
 }
