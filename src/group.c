@@ -683,30 +683,42 @@ int crew_group_go(crew_group *g, crew_job_fn fn, void *arg, int64_t deadline, cr
     t->g = g;
     t->fn = fn;
     t->arg = arg;
-    t->nested = crew__pool_in_job(g->pool);
+    /* Kept in a local: once submitted, the record may finish and be reused at any time. */
+    bool nested = crew__pool_in_job(g->pool);
+    t->nested = nested;
     t->listed = false;
     atomic_init(&t->claimed, false);
-    atomic_init(&t->refs, t->nested ? 3 : 1);
-    if (t->nested)
+    atomic_init(&t->refs, nested ? 3 : 1);
+    if (nested)
         atomic_fetch_add_explicit(&g->nested_active, 1, memory_order_relaxed);
     /* Without a ctx of the caller's, a go() blocked for room in the pool still ends when the
-     * group fails. */
+     * group fails. From a job of the pool, never wait for room (see below). */
     crew_ctx *wctx = ctx ? ctx : g->ctx;
+    int64_t until = nested ? CREW_NOW : deadline;
     if (g->own_pool) {
-        rc = crew_pool_submit(g->pool, run_task, t, deadline, wctx);
+        rc = crew_pool_submit(g->pool, run_task, t, until, wctx);
     } else {
         /* No run budget: the group's ctx governs the task, not a per-job one. */
         crew_job job = {.fn = run_task, .arg = t, .discard = drop_task, .timeout = -1};
-        rc = crew_pool_submit_job(g->pool, &job, NULL, deadline, wctx);
+        rc = crew_pool_submit_job(g->pool, &job, NULL, until, wctx);
     }
     if (rc == 0) {
         /* Listed after the submit, which may already have run it in place. */
-        if (t->nested)
+        if (nested)
             pending_push(g, t);
         return 0;
     }
-    if (t->nested)
+    if (nested)
         atomic_fetch_sub_explicit(&g->nested_active, 1, memory_order_relaxed);
+    if (nested && rc == CREW_EAGAIN) {
+        /* A job adding to a full pool: every worker has work, and waiting for room would hold
+         * this one (the pool's own remedy, running other queued jobs here, nests a level
+         * per job it runs). Run the task in place instead: it is accepted, and the nesting
+         * follows the tree of tasks. */
+        t->nested = false;
+        (void)execute(g, t);
+        return 0;
+    }
     task_unget(g, t);
 err_slot:
     release_slot(g);
