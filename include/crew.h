@@ -626,7 +626,45 @@ CREW_EXPORT size_t crew_group_errors(crew_group *g, crew_group_error *out, size_
  * Retry (crew_retry): attempts, exponential backoff with full jitter
  * ------------------------------------------------------------------------------------- */
 
-/* (the retry section) */
+/* Says whether err, the error of a failed try, is worth another try. */
+typedef bool (*crew_retry_pred)(int err, void *arg);
+
+/* A retry policy. The zero value is the default: 3 tries, backoff ceilings of 100 ms,
+ * 200 ms, 400 ms ... up to 30 s, full jitter, every error retried except the ctx's own. */
+typedef struct crew_retry {
+    unsigned attempts;         /* tries in all, the first included; 0 = 3 */
+    int64_t base;              /* ceiling of the first backoff, ns; 0 = 100 ms */
+    int64_t cap;               /* the largest ceiling, ns; 0 = 30 s */
+    double factor;             /* growth of the ceiling per retry (>= 1); 0 = 2 */
+    bool no_jitter;            /* sleep the ceiling itself; by default (full jitter) sleep a
+                                  uniform random time in [0, ceiling] */
+    crew_retry_pred retryable; /* NULL = every error, except CREW_ECANCELED and
+                                  CREW_ETIMEDOUT once the ctx is done (they are its own) */
+    void *pred_arg;            /* passed to retryable */
+} crew_retry;
+
+/* Runs fn(ctx, arg) until it returns 0, or returns an error that policy->retryable (or the
+ * default) refuses, or the attempts are spent, or ctx (may be NULL) ends it. Between tries
+ * it sleeps crew_retry_delay(policy, k, ...) before retry k (1, 2, ...); the sleep ends early
+ * when ctx is done. When the next try would come after ctx's deadline it gives up at once
+ * rather than sleep in vain. policy NULL means the defaults. If tries is not NULL, *tries
+ * receives the number of calls of fn. Returns 0 (fn succeeded), fn's last error (refused,
+ * attempts spent, or ctx's deadline too near for another try), ctx's error (ctx done before
+ * the first try, during a backoff, or after a failed try), or CREW_EINVAL (fn NULL, or a
+ * policy with a negative base or cap, or a factor below 1 or not a number: then fn is never
+ * called). Blocks: for fn's runs and the backoffs. Thread-safe; callable from a job (the
+ * backoff then holds the worker). */
+CREW_EXPORT int crew_retry_do(const crew_retry *policy, crew_job_fn fn, void *arg, crew_ctx *ctx,
+                              unsigned *tries);
+
+/* The backoff before retry number attempt (1 for the one after the first try; 0 gives 0):
+ * its ceiling is min(cap, base * factor^(attempt-1)), computed without overflow for any
+ * attempt; with no_jitter the delay is the ceiling, otherwise uniform in [0, ceiling], drawn
+ * from *rng_state (any value; the caller owns it, so concurrent callers each keep their
+ * own; NULL uses a per-thread state). Returns the delay in ns, or CREW_EINVAL for a policy
+ * crew_retry_do() refuses. policy NULL means the defaults. Never blocks; thread-safe. */
+CREW_EXPORT int64_t crew_retry_delay(const crew_retry *policy, unsigned attempt,
+                                     uint64_t *rng_state);
 
 /* ---------------------------------------------------------------------------------------
  * Ordered results (crew_order): completions emitted in submission order
