@@ -19,6 +19,13 @@
  * finds the limit reached spins briefly (yielding) before it parks, because tiny tasks free
  * a slot within microseconds and a futex wake-up per task would cost more than the task.
  *
+ * Failing fast. The first failure (under `mu`: the first to find `err` 0) files itself and
+ * cancels the group's ctx with its error as the cause. From then on nothing new starts,
+ * where Go's errgroup would still start every function: go() refuses with the ctx's error
+ * (a go() parked for a slot watches the group's ctx too), and a task a worker takes once
+ * the ctx is done is skipped: handed to the discard callback and filed as failed. The same
+ * holds whoever cancelled the ctx (the parent, the user, the pool's cancel).
+ *
  * Lifetime. After its decrement a completer still notifies the eventcounts, so the group's
  * memory must outlive it even when wait() has already returned and the user destroys the
  * group: `refs` counts the user's reference plus one per task in flight, and whoever drops
@@ -48,7 +55,8 @@
  * group is gone, so it touches nothing but the record. Tasks added from outside the pool
  * cannot be claimed (they are the hot path: no list, no count); for them, and whenever
  * nothing of its own is pending, a waiter in the pool helps with any queued job of the pool
- * and sleeps at most 1 ms before it looks again, as the pool's own blocked submit does.
+ * and sleeps at most 1 ms before it looks again, as the pool's own blocked submit does. A
+ * go() from a job never waits for room in a full pool either: it runs the task in place.
  *
  * Locks: `mu` guards the free list, the index counter, the pending stack and the error list;
  * it is a leaf and is never held while calling the pool, a ctx, or user code.
@@ -91,7 +99,7 @@ static _Thread_local frame *tls_frames;
 struct crew_group {
     /* Fixed at create. */
     crew_pool *pool;          /* where tasks run */
-    bool own_pool;            /* the group created pool and destroys it */
+    bool own_pool;            /* the group created the pool and destroys it */
     bool all_errors;          /* keep every error; never cancel on one */
     crew_discard_fn discard;  /* the user's callback for tasks that never run, or NULL */
     crew_ctx *ctx;            /* handed to every task; cancelled on the first error */
