@@ -567,8 +567,9 @@ CREW_EXPORT void crew_group_destroy(crew_group *g);
  * CREW_EINVAL (g or fn NULL), CREW_ENOMEM, or CREW_EDEADLK (called from a task of g while
  * every task in flight waits likewise for a slot of g). On failure fn is never called and
  * the caller keeps arg. From a job of the group's pool, a wait for a slot runs tasks
- * instead of sleeping, as crew_group_wait() does. Thread-safe; callable from a job and from
- * a task. */
+ * instead of sleeping, as crew_group_wait() does, and a full pool is not waited for: the
+ * task then runs in place, in the calling thread, before go returns 0. Thread-safe;
+ * callable from a job and from a task. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_group_go(crew_group *g, crew_job_fn fn, void *arg,
                                                int64_t deadline, crew_ctx *ctx);
 
@@ -582,7 +583,8 @@ CREW_EXPORT CREW_WARN_UNUSED int crew_group_try_go(crew_group *g, crew_job_fn fn
  * ctx's error, CREW_EDEADLK (called from one of g's own tasks) or CREW_EINVAL (g NULL). A
  * task may return those codes too: after a wait with a deadline or a ctx,
  * crew_group_active(g) == 0 tells that the tasks are done, and crew_group_err(g) is then
- * their result. The group stays usable: more tasks may be added and waited for.
+ * their result. Unlike Go's Wait it does not cancel the group's ctx: the group stays usable,
+ * and more tasks may be added and waited for (crew_group_destroy() releases the ctx).
  * From a job of the group's pool it never just sleeps while work it waits for is queued:
  * it runs g's own tasks that were added from jobs of the pool (newest first, so nested
  * groups on one pool, even of one worker, finish at any depth), and while tasks added from
