@@ -515,7 +515,102 @@ CREW_EXPORT int crew_pool_worker_id(void);
  * Error groups (crew_group): run tasks, wait for all, the first error cancels the rest
  * ------------------------------------------------------------------------------------- */
 
-/* (the group section) */
+typedef struct crew_group crew_group;
+
+/* How a group runs its tasks. A caller's pool must outlive the group. */
+typedef struct crew_group_opts {
+    crew_pool *pool;         /* tasks run on it (not one with a results channel); NULL = a pool of
+                                crew_ncpu() workers owned by the group, queue of limit (or 4096) */
+    crew_ctx *ctx;           /* parent of the group's ctx; NULL = background */
+    unsigned limit;          /* tasks in flight at most (Go's SetLimit); 0 = no limit */
+    bool all_errors;         /* keep every error instead of failing fast: the first error then
+                                cancels nothing */
+    crew_discard_fn discard; /* called instead of fn for an accepted task that never runs
+                                (its fn and arg, and why); may be NULL */
+} crew_group_opts;
+
+/* One failed task, as crew_group_errors() reports it. */
+typedef struct crew_group_error {
+    uint64_t index; /* the task's number: 0 for the first task the group accepted, 1 for the
+                       next, in the order go() accepted them (a go() that failed while
+                       another thread's succeeded may leave a number unused) */
+    crew_job_fn fn; /* the task's function and argument */
+    void *arg;
+    int err;  /* what fn returned, or why the task never ran */
+    bool ran; /* false if fn was never called (the task was dropped or skipped) */
+} crew_group_error;
+
+/* Creates a group: a ctx (child of opts->ctx) handed to every task, cancelled with the
+ * first task's error (fail-fast) unless opts->all_errors, and also when opts->pool is
+ * cancelled or drained past its deadline. With no opts->pool it starts a pool of its own.
+ * Returns 0, CREW_EINVAL (out NULL, or a pool with a results channel), CREW_ENOMEM, or
+ * CREW_EAGAIN (a worker thread could not be created). Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_group_create(crew_group **out, const crew_group_opts *opts);
+
+/* Cancels the group's ctx if tasks are still in flight, waits for every one of them (from
+ * a job of the group's pool, running queued jobs meanwhile), stops the group's own pool,
+ * and frees g. No other thread may use g during or after the call, and it must not be
+ * called from one of g's tasks. NULL is ignored. */
+CREW_EXPORT void crew_group_destroy(crew_group *g);
+
+/* Starts fn(ctx, arg) as a task of g on its pool; fn receives the group's ctx and returns 0
+ * or an error. With a limit, first blocks until fewer than limit tasks are in flight, then
+ * (with a bounded pool) until the pool has room, until deadline or until ctx (may be NULL)
+ * is done. Unlike Go's errgroup, which still starts every function, a group whose ctx is
+ * done (a fail-fast error, a cancel of the parent ctx, of the group's ctx or of its pool)
+ * starts nothing more: go returns the ctx's error (a go blocked for a slot as soon as it
+ * comes), and a task still queued when it came is not run but handed to opts.discard with
+ * the ctx's error and filed as failed (ran false); so is a task the pool drops.
+ * Returns 0 (accepted: fn or the discard callback will be called exactly once), ctx's error,
+ * the group ctx's error, CREW_EAGAIN (at the limit or the pool full, and deadline CREW_NOW
+ * or already past), CREW_ETIMEDOUT, CREW_ESHUTDOWN (the pool no longer accepts jobs),
+ * CREW_EINVAL (g or fn NULL), CREW_ENOMEM, or CREW_EDEADLK (called from a task of g while
+ * every task in flight waits likewise for a slot of g). On failure fn is never called and
+ * the caller keeps arg. From a job of the group's pool, a wait for a slot runs tasks
+ * instead of sleeping, as crew_group_wait() does, and a full pool is not waited for: the
+ * task then runs in place, in the calling thread, before go returns 0. Thread-safe;
+ * callable from a job and from a task. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_group_go(crew_group *g, crew_job_fn fn, void *arg,
+                                               int64_t deadline, crew_ctx *ctx);
+
+/* crew_group_go(g, fn, arg, CREW_NOW, NULL): never waits (Go's TryGo); CREW_EAGAIN at the
+ * limit or when the pool is full. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_group_try_go(crew_group *g, crew_job_fn fn, void *arg);
+
+/* Blocks until every task of g has finished (or was dropped), until deadline or until ctx
+ * (may be NULL) is done. Once all are done it returns the group's result, crew_group_err():
+ * 0 or the first error. Otherwise CREW_EAGAIN (deadline CREW_NOW or past), CREW_ETIMEDOUT,
+ * ctx's error, CREW_EDEADLK (called from one of g's own tasks) or CREW_EINVAL (g NULL). A
+ * task may return those codes too: after a wait with a deadline or a ctx,
+ * crew_group_active(g) == 0 tells that the tasks are done, and crew_group_err(g) is then
+ * their result. Unlike Go's Wait it does not cancel the group's ctx: the group stays usable,
+ * and more tasks may be added and waited for (crew_group_destroy() releases the ctx).
+ * From a job of the group's pool it never just sleeps while work it waits for is queued:
+ * it runs g's own tasks that were added from jobs of the pool (newest first, so nested
+ * groups on one pool, even of one worker, finish at any depth), and while tasks added from
+ * outside the pool are in flight it runs any queued job of the pool (nested at most 4 deep
+ * per thread). Thread-safe; several threads may wait. */
+CREW_EXPORT int crew_group_wait(crew_group *g, int64_t deadline, crew_ctx *ctx);
+
+/* The group's result so far: 0, or the first error (fail-fast: the first in time; with
+ * all_errors: the failed task with the lowest index). Never blocks; thread-safe. */
+CREW_EXPORT int crew_group_err(const crew_group *g);
+
+/* Tasks accepted and not yet finished (a snapshot). Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_group_active(const crew_group *g);
+
+/* The ctx tasks receive. It stays g's: do not release it. Cancelling it stops the group as
+ * a first error would. Thread-safe. */
+CREW_EXPORT crew_ctx *crew_group_ctx(crew_group *g);
+
+/* Changes the limit (0 = none); blocked go calls take the new room at once. Tasks already in
+ * flight above a lowered limit run on. Returns 0, or CREW_EINVAL (g NULL). Thread-safe. */
+CREW_EXPORT int crew_group_set_limit(crew_group *g, unsigned limit);
+
+/* Copies into out the first n (at most) failed tasks, by increasing index, and returns how
+ * many there are: with all_errors every failed task, otherwise only the one whose error
+ * failed the group (0 or 1). out may be NULL when n is 0. Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_group_errors(crew_group *g, crew_group_error *out, size_t n);
 
 /* ---------------------------------------------------------------------------------------
  * Semaphores (crew_sem): counting and weighted, FIFO
@@ -533,7 +628,45 @@ CREW_EXPORT int crew_pool_worker_id(void);
  * Retry (crew_retry): attempts, exponential backoff with full jitter
  * ------------------------------------------------------------------------------------- */
 
-/* (the retry section) */
+/* Says whether err, the error of a failed try, is worth another try. */
+typedef bool (*crew_retry_pred)(int err, void *arg);
+
+/* A retry policy. The zero value is the default: 3 tries, backoff ceilings of 100 ms,
+ * 200 ms, 400 ms ... up to 30 s, full jitter, every error retried except the ctx's own. */
+typedef struct crew_retry {
+    unsigned attempts;         /* tries in all, the first included; 0 = 3 */
+    int64_t base;              /* ceiling of the first backoff, ns; 0 = 100 ms */
+    int64_t cap;               /* the largest ceiling, ns; 0 = 30 s */
+    double factor;             /* growth of the ceiling per retry (>= 1); 0 = 2 */
+    bool no_jitter;            /* sleep the ceiling itself; by default (full jitter) sleep a
+                                  uniform random time in [0, ceiling] */
+    crew_retry_pred retryable; /* NULL = every error, except CREW_ECANCELED and
+                                  CREW_ETIMEDOUT once the ctx is done (they are its own) */
+    void *pred_arg;            /* passed to retryable */
+} crew_retry;
+
+/* Runs fn(ctx, arg) until it returns 0, or returns an error that policy->retryable (or the
+ * default) refuses, or the attempts are spent, or ctx (may be NULL) ends it. Between tries
+ * it sleeps crew_retry_delay(policy, k, ...) before retry k (1, 2, ...); the sleep ends early
+ * when ctx is done. When the next try would come after ctx's deadline it gives up at once
+ * rather than sleep in vain. policy NULL means the defaults. If tries is not NULL, *tries
+ * receives the number of calls of fn. Returns 0 (fn succeeded), fn's last error (refused,
+ * attempts spent, or ctx's deadline too near for another try), ctx's error (ctx done before
+ * the first try, during a backoff, or after a failed try), or CREW_EINVAL (fn NULL, or a
+ * policy with a negative base or cap, or a factor below 1 or not a number: then fn is never
+ * called). Blocks: for fn's runs and the backoffs. Thread-safe; callable from a job (the
+ * backoff then holds the worker). */
+CREW_EXPORT int crew_retry_do(const crew_retry *policy, crew_job_fn fn, void *arg, crew_ctx *ctx,
+                              unsigned *tries);
+
+/* The backoff before retry number attempt (1 for the one after the first try; 0 gives 0):
+ * its ceiling is min(cap, base * factor^(attempt-1)), computed without overflow for any
+ * attempt; with no_jitter the delay is the ceiling, otherwise uniform in [0, ceiling], drawn
+ * from *rng_state (any value; the caller owns it, so concurrent callers each keep their
+ * own; NULL uses a per-thread state). Returns the delay in ns, or CREW_EINVAL for a policy
+ * crew_retry_do() refuses. policy NULL means the defaults. Never blocks; thread-safe. */
+CREW_EXPORT int64_t crew_retry_delay(const crew_retry *policy, unsigned attempt,
+                                     uint64_t *rng_state);
 
 /* ---------------------------------------------------------------------------------------
  * Ordered results (crew_order): completions emitted in submission order
