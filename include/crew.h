@@ -287,7 +287,8 @@ typedef struct crew_stats {
     char name[64];      /* the pool's name: the Prometheus pool label */
     uint64_t submitted; /* jobs accepted */
     uint64_t rejected;  /* submits refused, whatever the reason */
-    uint64_t started;   /* jobs whose function was called */
+    uint64_t started;   /* jobs whose function was called (once, however many tries) */
+    uint64_t retried;   /* further tries of jobs with a retry policy */
     uint64_t succeeded; /* returned 0 */
     uint64_t failed;    /* returned an error other than the two below */
     uint64_t cancelled; /* returned CREW_ECANCELED, or dropped unrun by a cancel */
@@ -300,7 +301,7 @@ typedef struct crew_stats {
 } crew_stats;
 
 /* Writes the Prometheus text exposition (format 0.0.4) of n snapshots to f: counters
- * crew_jobs_{submitted,rejected,started,succeeded,failed,cancelled,timed_out}_total,
+ * crew_jobs_{submitted,rejected,started,succeeded,failed,cancelled,timed_out,retried}_total,
  * gauges crew_queue_depth, crew_busy_workers, crew_live_workers, and histograms
  * crew_queue_wait_seconds and crew_run_seconds, each sample labelled pool="name". Returns
  * 0, or CREW_EINVAL if a write failed. Thread-safe for distinct f. */
@@ -313,11 +314,16 @@ CREW_EXPORT int crew_prometheus_write(FILE *f, const crew_stats *const *stats, s
  * function and its argument; its output goes where its argument points. The function
  * receives a ctx: the pool's, or, when the job has a run budget, a per-job child of it that
  * times out. A job's return value is its result: 0, or a negative CREW_E* code (or any
- * negative errno). A job that returns an error never stops its worker.
+ * negative errno). A job that returns an error never stops its worker. With a retry policy
+ * (crew_pool_opts.retry, crew_job.retry) a failed job is tried again inside its worker, after
+ * a backoff that the job's ctx cuts short; its run budget covers all its tries, and its
+ * result is its last try's.
  * ------------------------------------------------------------------------------------- */
 
 typedef struct crew_pool crew_pool;
 typedef struct crew_future crew_future;
+typedef struct crew_retry crew_retry; /* a retry policy: see "Retry" below */
+typedef struct crew_rate crew_rate;   /* a token bucket: see "Rate limiter" below */
 
 /* A job: runs on a worker with the job's ctx; returns 0 or a negative error code. */
 typedef int (*crew_job_fn)(crew_ctx *ctx, void *arg);
@@ -356,7 +362,7 @@ typedef struct crew_pool_opts {
                                  is free to take the job */
     int64_t idle_timeout;     /* ns a worker above the minimum stays idle before it exits;
                                  0 = 10 s */
-    int64_t job_timeout;      /* default run budget per job, ns; 0 = none */
+    int64_t job_timeout;      /* default run budget per job (all its tries), ns; 0 = none */
     int64_t queue_timeout;    /* default queue budget per job, ns; 0 = none: a job that waited
                                  longer is dropped unrun and reported timed out */
     unsigned priorities;      /* priority levels 0..priorities-1 (at most 64), higher runs
@@ -366,6 +372,8 @@ typedef struct crew_pool_opts {
     crew_worker_fini_fn fini;
     void *hook_arg;
     crew_discard_fn discard; /* for accepted jobs that never run (may be NULL) */
+    const crew_retry *retry; /* default retry policy of every job (copied at create;
+                                crew_retry_do's rules); NULL = one try */
     bool results;            /* keep a results channel: see crew_pool_results() */
     size_t results_cap;      /* its capacity; 0 = queue_cap + max_workers */
     crew_log_fn log;         /* optional log callback and its argument */
@@ -390,6 +398,8 @@ typedef struct crew_job {
     int64_t timeout;         /* run budget, ns; 0 = pool default; < 0 = none */
     int64_t queue_timeout;   /* queue budget, ns; 0 = pool default; < 0 = none */
     unsigned priority;       /* 0 (lowest) .. priorities-1; larger values are clamped */
+    const crew_retry *retry; /* retry policy (copied at submit), overriding the pool's;
+                                NULL = the pool's */
 } crew_job;
 
 /* Creates a pool and starts its minimum workers, waiting for their init hooks (which run

@@ -52,6 +52,7 @@
  * serialises the workers.
  */
 #include "internal.h"
+#include "retry_internal.h"
 
 #include <limits.h>
 #include <sched.h>
@@ -91,6 +92,8 @@ struct crew_future {
     crew_discard_fn discard;       /* NULL: the pool's */
     int64_t timeout;               /* run budget, ns; < 0 none, 0 the pool's */
     int64_t queue_timeout;         /* queue budget, ns; < 0 none, 0 the pool's */
+    bool has_retry;                /* retry holds the job's own policy */
+    crew__retry_plan retry;        /* checked and filled in at submit */
     uint64_t submit_ticks;         /* when it was submitted */
     crew_pool *pool;               /* the pool whose memory this record keeps alive */
     _Atomic int refs;              /* the pool's delivery + the user's future handle */
@@ -104,7 +107,7 @@ typedef struct crew_future ext;
 
 typedef struct worker {
     /* Single-writer counters, written by this worker only (crew__count). */
-    _Atomic uint64_t started, succeeded, failed, cancelled, timed_out;
+    _Atomic uint64_t started, succeeded, failed, cancelled, timed_out, retried;
     _Atomic uint64_t busy; /* 1 while inside a job */
     crew__hist wait, run;  /* queue wait and run time of the jobs this worker took */
     crew_pool *pool;
@@ -129,6 +132,8 @@ struct crew_pool {
     bool unbuffered; /* queue_cap == 0: submits need a credit */
     bool timing;
     int64_t job_timeout, queue_timeout, idle_timeout;
+    bool has_retry;         /* retry holds the pool's default policy */
+    crew__retry_plan retry; /* checked and filled in at create */
     crew_discard_fn discard;
     crew_worker_init_fn init;
     crew_worker_fini_fn fini;
@@ -426,6 +431,14 @@ static size_t ctx_stride(void)
     return (crew__ctx_sizeof() + CREW__CACHELINE - 1) & ~(size_t)(CREW__CACHELINE - 1);
 }
 
+/* The retry hook of a job with a retry policy: runs on the job's worker thread, so the
+ * worker's single-writer counter takes it. */
+static void count_retry(void *arg, int err, unsigned attempt, int64_t delay)
+{
+    (void)err, (void)attempt, (void)delay;
+    crew__count(&((worker *)arg)->retried, 1);
+}
+
 /* Runs (or drops) one job taken from a ring. *clock is the time the caller knows it took
  * the job, or 0; on return it holds the time the job ended (0 if nothing was timed). A
  * worker that takes its next job straight away passes that end on as the next start, so a
@@ -437,6 +450,7 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
     ext *e = NULL;
     crew_job_fn fn;
     int64_t timeout = p->job_timeout, queue_timeout = p->queue_timeout;
+    const crew__retry_plan *retry = p->has_retry ? &p->retry : NULL;
     if (fn_id == 0) {
         e = arg;
         fn = e->fn;
@@ -446,6 +460,8 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
             timeout = e->timeout;
         if (e->queue_timeout)
             queue_timeout = e->queue_timeout;
+        if (e->has_retry)
+            retry = &e->retry;
     } else {
         fn = atomic_load_explicit(&p->fns[fn_id], memory_order_acquire);
     }
@@ -478,7 +494,7 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
     uint64_t was_busy = atomic_load_explicit(&w->busy, memory_order_relaxed);
     atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
     crew__count(&w->started, 1);
-    int rc = fn(ctx, arg);
+    int rc = retry ? crew__retry_run(retry, fn, arg, ctx, NULL, count_retry, w) : fn(ctx, arg);
     if (child)
         crew__ctx_fini_child(mine);
     if (p->timing) {
@@ -589,6 +605,7 @@ static void retire_locked(crew_pool *p, worker *w)
     r->failed += atomic_load(&w->failed);
     r->cancelled += atomic_load(&w->cancelled);
     r->timed_out += atomic_load(&w->timed_out);
+    r->retried += atomic_load(&w->retried);
     crew__hist_merge(&r->wait, &w->wait);
     crew__hist_merge(&r->run, &w->run);
 }
@@ -864,6 +881,9 @@ int crew_pool_create(crew_pool **out, const crew_pool_opts *opts)
     if (opts->queue_cap > MAX_CAP || levels > 64 || opts->idle_timeout < 0 ||
         opts->job_timeout < 0 || opts->queue_timeout < 0 || max > 65536)
         return CREW_EINVAL;
+    crew__retry_plan retry;
+    if (opts->retry && crew__retry_plan_init(&retry, opts->retry))
+        return CREW_EINVAL;
     crew__ticks_init();
 
     crew_pool *p = crew__aligned_alloc(CREW__CACHELINE, sizeof *p);
@@ -876,6 +896,9 @@ int crew_pool_create(crew_pool **out, const crew_pool_opts *opts)
     p->timing = !(opts->flags & CREW_POOL_NO_TIMING);
     p->job_timeout = opts->job_timeout;
     p->queue_timeout = opts->queue_timeout;
+    p->has_retry = opts->retry != NULL;
+    if (p->has_retry)
+        p->retry = retry;
     p->idle_timeout = opts->idle_timeout ? opts->idle_timeout : 10 * CREW_SEC;
     p->discard = opts->discard;
     p->init = opts->init;
@@ -1143,6 +1166,12 @@ int crew_pool_submit_job(crew_pool *p, const crew_job *job, crew_future **future
     e->discard = job->discard;
     e->timeout = job->timeout;
     e->queue_timeout = job->queue_timeout;
+    e->has_retry = job->retry != NULL;
+    if (e->has_retry && crew__retry_plan_init(&e->retry, job->retry)) {
+        atomic_store(&e->refs, 1);
+        ext_put(e);
+        return CREW_EINVAL;
+    }
     e->submit_ticks = crew__ticks();
     atomic_init(&e->refs, future ? 2 : 1);
     unsigned level = job->priority < p->levels ? job->priority : p->levels - 1;
@@ -1339,6 +1368,7 @@ int crew_pool_stats(crew_pool *p, crew_stats *out)
         out->failed += atomic_load_explicit(&w->failed, memory_order_relaxed);
         out->cancelled += atomic_load_explicit(&w->cancelled, memory_order_relaxed);
         out->timed_out += atomic_load_explicit(&w->timed_out, memory_order_relaxed);
+        out->retried += atomic_load_explicit(&w->retried, memory_order_relaxed);
         out->running += atomic_load_explicit(&w->busy, memory_order_relaxed);
         crew__hist_merge(&out->wait, &w->wait);
         crew__hist_merge(&out->run, &w->run);
