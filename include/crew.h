@@ -521,7 +521,49 @@ CREW_EXPORT int crew_pool_worker_id(void);
  * Semaphores (crew_sem): counting and weighted, FIFO
  * ------------------------------------------------------------------------------------- */
 
-/* (the sem section) */
+/* A semaphore of `size` units. A counting semaphore acquires and releases 1 at a time; a
+ * weighted one n at a time (a job that needs 4 GiB of a 16 GiB budget takes 4 of 16).
+ * Requests are served in FIFO order: while one is queued, later ones queue behind it even
+ * if they would fit, so a large request is never starved by a stream of small ones. A unit
+ * is not owned by a thread: any thread may release what another acquired. */
+typedef struct crew_sem crew_sem;
+
+/* A semaphore with size units (size >= 1), all free. Returns 0, CREW_EINVAL (out NULL or
+ * size < 1) or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_create(crew_sem **out, int64_t size);
+
+/* Frees s. No thread may be waiting on it (units still held are simply forgotten). NULL is
+ * ignored. */
+CREW_EXPORT void crew_sem_destroy(crew_sem *s);
+
+/* Acquires n units (1 <= n <= size). Takes them at once if n are free and nobody is queued;
+ * otherwise blocks in FIFO order until they are granted, until deadline, or until ctx (may
+ * be NULL) is done. Returns 0 (the caller holds n units), CREW_EINVAL (n < 1 or n > size:
+ * such a request could never be served, so it is refused instead of blocking forever),
+ * CREW_EAGAIN (not available at once, and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, or ctx's error (also when ctx is done before the call). On failure
+ * nothing is held, and a waiter that gives up lets the requests behind it proceed. A grant
+ * that races with the deadline or a cancel wins: the call then returns 0. The uncontended
+ * path is one atomic compare-and-swap. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_acquire(crew_sem *s, int64_t n, int64_t deadline,
+                                                  crew_ctx *ctx);
+
+/* crew_sem_acquire(s, n, CREW_NOW, NULL): takes n units if they are free and nobody is
+ * queued, else returns CREW_EAGAIN (or CREW_EINVAL for a bad n). Never blocks. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_try_acquire(crew_sem *s, int64_t n);
+
+/* Gives back n units (n >= 1) and grants queued requests that now fit, oldest first.
+ * Returns 0, CREW_EINVAL (n < 1), or CREW_ERANGE if fewer than n units are held (more would
+ * be free than size): then nothing changes. Never blocks (it may wake waiters).
+ * Thread-safe; callable from a job and from an on-cancel hook. */
+CREW_EXPORT int crew_sem_release(crew_sem *s, int64_t n);
+
+/* Units free now (a snapshot). While requests are queued, free units may exist that a new
+ * request still cannot take (they wait for the head). Never blocks; thread-safe. */
+CREW_EXPORT int64_t crew_sem_available(const crew_sem *s);
+
+/* Threads queued in crew_sem_acquire now (a snapshot). Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_sem_waiters(const crew_sem *s);
 
 /* ---------------------------------------------------------------------------------------
  * Rate limiter (crew_rate): a token bucket
