@@ -320,8 +320,9 @@ int crew_rate_wait_n(crew_rate *r, int64_t n, int64_t deadline, crew_ctx *ctx)
     int64_t due = instant_after(r, ns);
     if (limit != CREW_FOREVER && (due == CREW_FOREVER || due > limit)) {
         /* Not due in time: refuse at once, taking nothing. */
+        bool passed = deadline != CREW_FOREVER && deadline <= r->t_base;
         crew__check(pthread_mutex_unlock(&r->mu));
-        return deadline != CREW_FOREVER && deadline <= r->t_base ? CREW_EAGAIN : CREW_ETIMEDOUT;
+        return passed ? CREW_EAGAIN : CREW_ETIMEDOUT;
     }
     r->vzero = p;
     atomic_store_explicit(&r->sleepers, sleepers(r) + 1, memory_order_relaxed);

@@ -139,7 +139,8 @@ static void *worker(void *arg)
         int64_t peak = atomic_load(&w->peak);
         while (now > peak && !atomic_compare_exchange_weak(&w->peak, &peak, now))
             ;
-        w->plain += w->size == 1; /* a data race unless the semaphore orders it */
+        if (w->size == 1)
+            w->plain++; /* a data race unless the semaphore orders it */
         if (rng_next(&a->seed) % 4 == 0)
             sched_yield(); /* hold the units a little longer now and then */
         atomic_fetch_sub(&w->in_use, n);
