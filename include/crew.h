@@ -626,13 +626,126 @@ CREW_EXPORT size_t crew_group_errors(crew_group *g, crew_group_error *out, size_
  * Semaphores (crew_sem): counting and weighted, FIFO
  * ------------------------------------------------------------------------------------- */
 
-/* (the sem section) */
+/* A semaphore of `size` units. A counting semaphore acquires and releases 1 at a time; a
+ * weighted one n at a time (a job that needs 4 GiB of a 16 GiB budget takes 4 of 16).
+ * Requests are served in FIFO order: while one is queued, later ones queue behind it even
+ * if they would fit, so a large request is never starved by a stream of small ones. A unit
+ * is not owned by a thread: any thread may release what another acquired. */
+typedef struct crew_sem crew_sem;
+
+/* A semaphore with size units (size >= 1), all free. Returns 0, CREW_EINVAL (out NULL or
+ * size < 1) or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_create(crew_sem **out, int64_t size);
+
+/* Frees s. No thread may be waiting on it (units still held are simply forgotten). NULL is
+ * ignored. */
+CREW_EXPORT void crew_sem_destroy(crew_sem *s);
+
+/* Acquires n units (1 <= n <= size). Takes them at once if n are free and nobody is queued;
+ * otherwise blocks in FIFO order until they are granted, until deadline, or until ctx (may
+ * be NULL) is done. Returns 0 (the caller holds n units), CREW_EINVAL (n < 1 or n > size:
+ * such a request could never be served, so it is refused instead of blocking forever),
+ * CREW_EAGAIN (not available at once, and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, or ctx's error (also when ctx is done before the call). On failure
+ * nothing is held, and a waiter that gives up lets the requests behind it proceed. A grant
+ * that races with the deadline or a cancel wins: the call then returns 0. The uncontended
+ * path is one atomic compare-and-swap. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_acquire(crew_sem *s, int64_t n, int64_t deadline,
+                                                  crew_ctx *ctx);
+
+/* crew_sem_acquire(s, n, CREW_NOW, NULL): takes n units if they are free and nobody is
+ * queued, else returns CREW_EAGAIN (or CREW_EINVAL for a bad n). Never blocks. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_try_acquire(crew_sem *s, int64_t n);
+
+/* Gives back n units (n >= 1) and grants queued requests that now fit, oldest first.
+ * Returns 0, CREW_EINVAL (n < 1), or CREW_ERANGE if fewer than n units are held (more would
+ * be free than size): then nothing changes. Never blocks (it may wake waiters).
+ * Thread-safe; callable from a job and from an on-cancel hook. */
+CREW_EXPORT int crew_sem_release(crew_sem *s, int64_t n);
+
+/* Units free now (a snapshot). While requests are queued, free units may exist that a new
+ * request still cannot take (they wait for the head). Never blocks; thread-safe. */
+CREW_EXPORT int64_t crew_sem_available(const crew_sem *s);
+
+/* Threads queued in crew_sem_acquire now (a snapshot). Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_sem_waiters(const crew_sem *s);
 
 /* ---------------------------------------------------------------------------------------
  * Rate limiter (crew_rate): a token bucket
  * ------------------------------------------------------------------------------------- */
 
-/* (the rate section) */
+/* A token bucket, like golang.org/x/time/rate: it holds up to `burst` tokens, refills at a
+ * rate in tokens per second, and starts full. Each event takes a token (or n): allow takes
+ * it only if it is there now, reserve takes it now and says how long to wait before acting,
+ * and wait sleeps until it is due. Tokens taken ahead of time are due one after another in
+ * the order they were taken. The _n forms take n tokens at once (1 <= n <= burst), and
+ * allow_n and reserve_n take the current instant (crew_now()) as an argument, as Go's
+ * AllowN and ReserveN do: another instant serves simulations and tests; an instant earlier
+ * than one the limiter has already seen counts as that one. Every function is thread-safe
+ * and callable from a job; none holds a lock while sleeping. */
+typedef struct crew_rate crew_rate;
+
+/* A rate of tokens per second that means "no limit": every call succeeds at once. */
+#if defined(__GNUC__)
+#define CREW_RATE_INF __builtin_inf()
+#else
+#define CREW_RATE_INF (1e308 * 10.0)
+#endif
+
+/* A limiter of per_sec tokens per second (0: no refill at all, so only the first burst
+ * tokens are ever given until crew_rate_set; CREW_RATE_INF: unlimited) whose bucket holds
+ * burst tokens (1 <= burst <= 2^53) and starts full. Returns 0, CREW_EINVAL (out NULL,
+ * per_sec negative or NaN, burst out of range) or CREW_ENOMEM. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_rate_create(crew_rate **out, double per_sec, int64_t burst);
+
+/* Frees r. No thread may be waiting on it. NULL is ignored. */
+CREW_EXPORT void crew_rate_destroy(crew_rate *r);
+
+/* Takes n tokens at instant now if the bucket holds them, and says whether it did. False,
+ * taking nothing, when it does not, when tokens are owed to earlier reservations, or when
+ * n < 1 or n > burst. With CREW_RATE_INF: true for any n >= 1. Never blocks. */
+CREW_EXPORT bool crew_rate_allow_n(crew_rate *r, int64_t n, int64_t now);
+
+/* crew_rate_allow_n(r, 1, crew_now()): take a token now or say no. */
+CREW_EXPORT bool crew_rate_allow(crew_rate *r);
+
+/* Takes n tokens at instant now, even ahead of time, and returns the nanoseconds from now
+ * until they are due (0: act now); the caller is expected to wait that long before acting.
+ * Returns CREW_EINVAL (n < 1 or n > burst) or CREW_EAGAIN (the rate is 0, so they would
+ * never be due) without taking anything. With CREW_RATE_INF: 0. Never blocks. */
+CREW_EXPORT int64_t crew_rate_reserve_n(crew_rate *r, int64_t n, int64_t now);
+
+/* crew_rate_reserve_n(r, 1, crew_now()): never fails unless the rate is 0 (CREW_EAGAIN). */
+CREW_EXPORT int64_t crew_rate_reserve(crew_rate *r);
+
+/* Takes n tokens, sleeping until they are due, until deadline, or until ctx (may be NULL)
+ * is done. If they cannot be due before deadline (or before ctx's deadline), it fails at
+ * once and takes nothing, as x/time/rate does. While it sleeps, a crew_rate_set re-plans
+ * its wake-up at the new rate, keeping its place in line; if that moves it past the
+ * deadline, it ends then with CREW_ETIMEDOUT. Returns 0 (the tokens are spent: act now),
+ * CREW_EINVAL (n < 1 or n > burst), CREW_EAGAIN (not available now, and deadline is
+ * CREW_NOW or already past), CREW_ETIMEDOUT, or ctx's error (also when ctx is done before
+ * the call). A wait that fails gives back the tokens nobody reserved after it. Costs a
+ * lock and a clock read when no sleep is needed; with CREW_RATE_INF, one atomic load.
+ * Blocks until the tokens are due or the deadline; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_rate_wait_n(crew_rate *r, int64_t n, int64_t deadline,
+                                                  crew_ctx *ctx);
+
+/* crew_rate_wait_n(r, 1, deadline, ctx). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_rate_wait(crew_rate *r, int64_t deadline, crew_ctx *ctx);
+
+/* Changes the rate and the burst from now on (as crew_rate_create takes them). Tokens
+ * accrued so far stay, capped at the new burst; coming back from CREW_RATE_INF the bucket
+ * is full. Sleeping waiters re-plan at once. Returns 0 or CREW_EINVAL (then nothing
+ * changes). Never blocks. */
+CREW_EXPORT int crew_rate_set(crew_rate *r, double per_sec, int64_t burst);
+
+/* The tokens in the bucket now: fractional while refilling, negative while tokens are owed
+ * to reservations; CREW_RATE_INF when unlimited. Never blocks. */
+CREW_EXPORT double crew_rate_tokens(crew_rate *r);
+
+/* Threads sleeping in crew_rate_wait now (a snapshot). Never blocks. */
+CREW_EXPORT size_t crew_rate_waiters(const crew_rate *r);
 
 /* ---------------------------------------------------------------------------------------
  * Retry (crew_retry): attempts, exponential backoff with full jitter
