@@ -374,6 +374,9 @@ typedef struct crew_pool_opts {
     crew_discard_fn discard; /* for accepted jobs that never run (may be NULL) */
     const crew_retry *retry; /* default retry policy of every job (copied at create;
                                 crew_retry_do's rules); NULL = one try */
+    crew_rate *rate;         /* caps the rate at which jobs start: a worker takes a token
+                                (crew_rate_wait) before each job; not owned, must outlive
+                                the pool; NULL = no cap */
     bool results;            /* keep a results channel: see crew_pool_results() */
     size_t results_cap;      /* its capacity; 0 = queue_cap + max_workers */
     crew_log_fn log;         /* optional log callback and its argument */

@@ -134,6 +134,7 @@ struct crew_pool {
     int64_t job_timeout, queue_timeout, idle_timeout;
     bool has_retry;         /* retry holds the pool's default policy */
     crew__retry_plan retry; /* checked and filled in at create */
+    crew_rate *rate;        /* job start cap, or NULL */
     crew_discard_fn discard;
     crew_worker_init_fn init;
     crew_worker_fini_fn fini;
@@ -472,6 +473,15 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
     }
     uint64_t start = *clock;
     *clock = 0;
+    if (p->rate) {
+        /* A start cap: the job is taken, and waits here for its token. Only the pool's
+         * cancel (or a drain's deadline) ends the wait, and then the job is dropped. */
+        if (crew_rate_wait(p->rate, CREW_FOREVER, p->ctx) != 0) {
+            drop(p, w, e, fn, arg, CREW_ECANCELED, submit_ticks);
+            return;
+        }
+        start = 0;
+    }
     if (!start && (p->timing || queue_timeout > 0))
         start = crew__ticks();
     if (queue_timeout > 0 && crew__ticks_to_ns(start - submit_ticks) > queue_timeout) {
@@ -896,6 +906,7 @@ int crew_pool_create(crew_pool **out, const crew_pool_opts *opts)
     p->timing = !(opts->flags & CREW_POOL_NO_TIMING);
     p->job_timeout = opts->job_timeout;
     p->queue_timeout = opts->queue_timeout;
+    p->rate = opts->rate;
     p->has_retry = opts->retry != NULL;
     if (p->has_retry)
         p->retry = retry;

@@ -1406,6 +1406,51 @@ static void test_retry_under_budget(void **state)
     crew_pool_destroy(p);
 }
 
+/* ---- a start-rate cap ------------------------------------------------------------------ */
+
+static void test_rate_cap(void **state)
+{
+    (void)state;
+    /* No refill and a burst of 2: two jobs start, the third waits for its token, taken by
+     * the worker but not started, until the rate changes. */
+    crew_rate *r;
+    assert_int_equal(crew_rate_create(&r, 0, 2), 0);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8, .rate = r}), 0);
+    atomic_store(&counter, 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    eventually(crew_rate_waiters(r) == 1);
+    assert_int_equal(atomic_load(&counter), 2);
+    crew_stats st;
+    crew_pool_stats(p, &st);
+    assert_int_equal(st.started, 2);
+    assert_int_equal(crew_rate_set(r, CREW_RATE_INF, 2), 0);
+    assert_int_equal(crew_pool_close(p), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 4);
+    crew_pool_destroy(p);
+
+    /* A cancel ends the wait: the job held there and the one still queued are dropped. */
+    assert_int_equal(crew_rate_set(r, 0, 1), 0);
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8, .rate = r}), 0);
+    atomic_store(&counter, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    eventually(crew_rate_waiters(r) == 1);
+    assert_int_equal(crew_pool_cancel(p, 0), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_pool_stats(p, &st);
+    assert_int_equal(atomic_load(&counter), 1);
+    assert_int_equal(st.started, 1);
+    assert_int_equal(st.cancelled, 2);
+    assert_int_equal(crew_rate_waiters(r), 0);
+    crew_pool_destroy(p);
+    crew_rate_destroy(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1447,6 +1492,7 @@ int main(void)
         leak_test(test_retry_job_option),
         leak_test(test_retry_pool_default),
         leak_test(test_retry_under_budget),
+        leak_test(test_rate_cap),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }
