@@ -173,15 +173,15 @@ static void wake_ctx(void *arg, int err)
     signal(&w->wake, WAKE_CTX);
 }
 
-/* Waits until a bit of mask is set in *word or the deadline passes: spinning a little,
- * then sleeping. A sleeper first raises SLEEPING, so that a signal finding it clear skips
+/* Waits until a bit of mask is set in *word or the deadline passes: spinning `spins`
+ * rounds, then sleeping. A sleeper first raises SLEEPING, so that a signal finding it clear skips
  * the futex wake: the word is one location, so either the signal's RMW sees SLEEPING or
  * the raise fails and we see the signal. Returns the word's bits in mask (0 on a
  * timeout). */
-static uint32_t park(_Atomic uint32_t *word, uint32_t mask, int64_t deadline)
+static uint32_t park(_Atomic uint32_t *word, uint32_t mask, int spins, int64_t deadline)
 {
     uint32_t v;
-    for (int spin = 0; spin < SPIN_WAKE; spin++) {
+    for (int spin = 0; spin < spins; spin++) {
         v = atomic_load_explicit(word, memory_order_acquire);
         if (v & mask)
             return v & mask;
@@ -247,12 +247,16 @@ static int block(crew_sem *s, waiter *w, int64_t deadline, crew_ctx *ctx)
     w->status = WAITING;
     atomic_init(&w->wake, 0);
     q_push(s, w);
+    /* Only the head spins before sleeping: it is the next to be served. Behind it, a
+     * spinner would only take a core from the holder that must release first (measured:
+     * 4 threads on 2 cores went from 15M to 50M pairs/s). */
+    int spins = s->head == w ? SPIN_WAKE : 0;
     crew__check(pthread_mutex_unlock(&s->mu));
 
     /* A cancel before the watch is reported by the watch; one after it sets WAKE_CTX. */
     int ctx_err = ctx ? crew__ctx_watch(ctx, &node, wake_ctx, w) : 0;
     if (ctx_err == 0)
-        (void)park(&w->wake, WAKE_GRANT | WAKE_CTX, deadline);
+        (void)park(&w->wake, WAKE_GRANT | WAKE_CTX, spins, deadline);
 
     waiter *wake = NULL;
     crew__check(pthread_mutex_lock(&s->mu));
@@ -272,7 +276,7 @@ static int block(crew_sem *s, waiter *w, int64_t deadline, crew_ctx *ctx)
         (void)crew__ctx_unwatch(ctx, &node);
     if (status == GRANTED) {
         /* The granter has decided but may not have written the wake word yet. */
-        (void)park(&w->wake, WAKE_GRANT, CREW_FOREVER);
+        (void)park(&w->wake, WAKE_GRANT, SPIN_WAKE, CREW_FOREVER);
         return 0;
     }
     if (ctx && ctx_err == 0)
