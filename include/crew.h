@@ -539,7 +539,134 @@ CREW_EXPORT int crew_pool_worker_id(void);
  * Ordered results (crew_order): completions emitted in submission order
  * ------------------------------------------------------------------------------------- */
 
-/* (the order section) */
+/*
+ * A reorder buffer (the seeds' "Strategy 2"): producers, typically pool jobs finishing in
+ * any order, put results numbered 0, 1, 2, ...; the consumer takes them strictly in that
+ * order. Memory stays bounded when one job is slow: at most `window` results are held, and
+ * a producer that runs window or more seqs ahead of the next to emit waits.
+ *
+ * Two ways to number the results:
+ * - crew_order_reserve() hands out the seqs, one per job, and waits while `window` of them
+ *   are outstanding (handed out and not yet taken by the consumer). A reserved seq is always
+ *   inside the window, so its put never waits: the submitter waits, holding nothing, and no
+ *   worker is ever blocked. This is the deadlock-free form: use it whenever you can.
+ * - The caller numbers the results itself and crew_order_put() waits while its seq is
+ *   window or more ahead. Then the job holding the next seq must always be able to run:
+ *   when seqs go to jobs in increasing order and jobs start in that order (one submitting
+ *   thread, one priority level), that job has started before any job that waits, so any
+ *   window works; a window of at least the number of workers keeps them all busy (a
+ *   smaller one idles the fast ones behind every slow one). If jobs can start out of seq
+ *   order (several submitters, priorities), the window must also cover that disorder, or
+ *   every worker may end up waiting in put while the job that would free them sits queued.
+ * In both forms the consumer must run concurrently with the producers: a thread that
+ * submits everything and reads only afterwards waits forever once the window is full.
+ *
+ * A seq with no result (its job failed, or was dropped before it ran) is put with a NULL
+ * item and an error code, so the stream never stalls. crew_order_close() ends the stream:
+ * the consumer then takes what is buffered, with every seq that was never put reported as a
+ * hole (item NULL, err CREW_EPIPE), and then gets CREW_EPIPE.
+ */
+typedef struct crew_order crew_order;
+
+/* Called by crew_order_destroy() for each result still buffered (never taken), in seq
+ * order, so that its item can be freed. */
+typedef void (*crew_order_discard_fn)(void *arg, uint64_t seq, void *item);
+
+typedef struct crew_order_opts {
+    size_t window;                 /* results held ahead of the next to emit (at most
+                                      2^30); 0 = 64 */
+    crew_order_discard_fn discard; /* for results never taken; may be NULL */
+    void *discard_arg;             /* its first argument */
+} crew_order_opts;
+
+/* One result, as crew_order_next() hands it out. */
+typedef struct crew_order_result {
+    uint64_t seq; /* its number: 0, 1, 2, ... without a gap */
+    void *item;   /* what was put; NULL for a skipped seq or a hole */
+    int err;      /* what was put with it; CREW_EPIPE for a hole left at close */
+} crew_order_result;
+
+/* A snapshot of an order's counters (crew_order_stats). */
+typedef struct crew_order_info {
+    uint64_t next;          /* the seq the consumer takes next: results emitted so far */
+    uint64_t reserved;      /* seqs handed out by crew_order_reserve() */
+    size_t window;          /* the window given at creation */
+    size_t buffered;        /* gauge: results put and not yet taken */
+    size_t peak;            /* the most results ever buffered at once (<= window) */
+    uint64_t put_waits;     /* puts that had to wait for the window */
+    uint64_t reserve_waits; /* reserves that had to wait for the window */
+} crew_order_info;
+
+/* Creates an empty order whose first seq is 0. Returns 0, CREW_EINVAL (out NULL, window
+ * above 2^30) or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_create(crew_order **out, const crew_order_opts *opts);
+
+/* Frees o, handing each result still buffered to the discard callback (in seq order). No
+ * thread may be using o or waiting on it. NULL is ignored. */
+CREW_EXPORT void crew_order_destroy(crew_order *o);
+
+/* Hands out the next seq (0, 1, 2, ...) into *seq. Blocks while `window` seqs are
+ * outstanding (handed out and not yet taken by the consumer), until deadline or until ctx
+ * (may be NULL) is done. Every seq handed out must then be put exactly once (an item, or
+ * NULL and an error), and its put never waits. Returns 0, CREW_EPIPE (closed, also while
+ * waiting), CREW_EAGAIN (the window is full and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, ctx's error, or CREW_EINVAL (seq NULL). Waiters are served first come,
+ * first served. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_reserve(crew_order *o, uint64_t *seq, int64_t deadline,
+                                                    crew_ctx *ctx);
+
+/* Stores the result numbered seq: item (NULL is allowed: a skipped seq) and err (0, or any
+ * code saying why there is no item; the order only carries it). Blocks while seq is window
+ * or more ahead of the next seq to emit (never for a reserved seq), until deadline or until
+ * ctx is done. On success the consumer will take item; on failure the caller keeps it.
+ * Returns 0, CREW_EINVAL (seq already emitted or already put), CREW_EPIPE (closed, also
+ * while waiting), CREW_EAGAIN (too far ahead and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, or ctx's error. Thread-safe; callable from a job (see the window sizing
+ * above). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_put(crew_order *o, uint64_t seq, void *item, int err,
+                                                int64_t deadline, crew_ctx *ctx);
+
+/* Takes the next result in seq order into *out; the caller then owns its item. Blocks
+ * until that seq has been put, until deadline or until ctx is done. Once o is closed it
+ * takes what is buffered without waiting, reporting each seq never put as a hole (item
+ * NULL, err CREW_EPIPE), up to the highest seq put or reserved. Returns 0, CREW_EPIPE
+ * (closed and nothing left), CREW_EAGAIN (not there and deadline is CREW_NOW or already
+ * past), CREW_ETIMEDOUT, ctx's error, or CREW_EINVAL (out NULL). Several consumers may
+ * call it; each result goes to one of them. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_next(crew_order *o, crew_order_result *out,
+                                                 int64_t deadline, crew_ctx *ctx);
+
+/* Ends the stream: puts and reserves fail with CREW_EPIPE (waiting ones too), and the
+ * consumer drains what is buffered (see crew_order_next). Returns 0, or CREW_EPIPE if o was
+ * already closed. Never blocks; thread-safe; callable from a job and from an on-cancel
+ * hook. */
+CREW_EXPORT int crew_order_close(crew_order *o);
+
+/* Fills *out with a snapshot of o's counters. Returns 0. Never blocks for long;
+ * thread-safe. */
+CREW_EXPORT int crew_order_stats(crew_order *o, crew_order_info *out);
+
+/* The simple form: results into caller-owned slots by index. fn(ctx, i, arg) is called
+ * once for each i in 0..n-1, and writes its output wherever arg says (out[i], say); its
+ * return value goes to errs[i] when errs is not NULL. */
+typedef int (*crew_map_fn)(crew_ctx *ctx, size_t i, void *arg);
+
+/* Runs fn over the indices 0..n-1 on p's workers and returns when every index has been
+ * run or given up. fn runs with the map's ctx: a child of ctx (may be NULL) that also ends
+ * at deadline and when p's ctx is cancelled; once that ctx is done, the indices not yet
+ * started are not run and get its error (CREW_ECANCELED or CREW_ETIMEDOUT) in errs.
+ * Called from outside p, the caller only waits: fn runs on p's workers, where
+ * crew_pool_worker_state() works (the first helper job is submitted with deadline and ctx,
+ * so a full pool makes the call wait; the others spread to idle workers with a try, so a
+ * full queue may count one rejected submit in p's metrics). Called from one of p's jobs, the
+ * caller runs indices itself as well, so maps nest and never deadlock. Returns 0 when every
+ * fn returned 0; otherwise the error of the lowest failing index (a fn's error, the map
+ * ctx's error for indices never run, CREW_ESHUTDOWN if p no longer accepts jobs, or
+ * CREW_ENOMEM); or CREW_EINVAL (p or fn NULL, n above SIZE_MAX / 2) with nothing run.
+ * n == 0 returns 0 at once. Blocks; thread-safe; callable from a job of p or of another
+ * pool. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_map(crew_pool *p, crew_map_fn fn, void *arg, size_t n,
+                                                int *errs, int64_t deadline, crew_ctx *ctx);
 
 /* ---------------------------------------------------------------------------------------
  * Pipelines (crew_pipeline): stages joined by bounded channels
