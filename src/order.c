@@ -160,7 +160,9 @@ static void wait_init(wait_ctx *wc, crew_ctx *ctx, uint64_t seq)
  * ctx's error, CREW_EAGAIN or CREW_ETIMEDOUT if the call must give up, else queues the
  * waiter on q (counting the call in *waits the first time), sleeps until woken, cancelled
  * or the deadline, and returns 0 with o->mu held again and the waiter unlinked: the caller
- * re-reads wc->seen and re-checks. */
+ * re-reads wc->seen and re-checks. It returns 0 even when the ctx turned out to be done, so
+ * that the caller sees first what a waker may have handed it meanwhile (a reserve's seq);
+ * the next call reports the ctx. */
 static int park(crew_order *o, waitq *q, wait_ctx *wc, int64_t deadline, uint64_t *waits)
 {
     if (wc->ctx && crew_ctx_done(wc->ctx))
@@ -172,18 +174,18 @@ static int park(crew_order *o, waitq *q, wait_ctx *wc, int64_t deadline, uint64_
     wc->waited = true;
     q_push(q, &wc->w);
     crew__check(pthread_mutex_unlock(&o->mu));
-    int rc = 0;
+    bool sleep = true;
     if (wc->ctx && !wc->watched) {
         /* A cancel before the watch is reported by the watch; after it, by the callback. */
-        rc = crew__ctx_watch(wc->ctx, &wc->node, wake_ctx, &wc->w);
-        wc->watched = rc == 0;
+        wc->watched = crew__ctx_watch(wc->ctx, &wc->node, wake_ctx, &wc->w) == 0;
+        sleep = wc->watched;
     }
-    if (rc == 0)
+    if (sleep)
         (void)crew__futex_wait(&wc->w.wake, wc->seen, deadline);
     crew__check(pthread_mutex_lock(&o->mu));
     if (wc->w.queued)
         q_remove(q, &wc->w);
-    return rc;
+    return 0;
 }
 
 /* Reads the wake word before a check of the condition: a wake-up after this read makes

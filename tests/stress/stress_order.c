@@ -354,11 +354,18 @@ static void *submit_main(void *arg)
     rworld *w = a->w;
     for (;;) {
         uint64_t seq;
-        /* A deadline now and then: a reserve that times out has taken nothing. */
-        int64_t deadline = rng_next(&a->seed) % 4 == 0
-                               ? crew_deadline_in((int64_t)(rng_next(&a->seed) % (50 * CREW_USEC)))
-                               : CREW_FOREVER;
-        int rc = crew_order_reserve(w->o, &seq, deadline, NULL);
+        /* A deadline or a ctx that times out, now and then: a reserve that gives up has
+         * taken nothing, and one handed a seq as it gave up must report the seq. */
+        int64_t deadline = CREW_FOREVER;
+        crew_ctx *ctx = NULL;
+        uint64_t mode = rng_next(&a->seed) % 4;
+        int64_t wait = (int64_t)(rng_next(&a->seed) % (50 * CREW_USEC));
+        if (mode == 0)
+            deadline = crew_deadline_in(wait);
+        else if (mode == 1 && crew_ctx_with_timeout(NULL, wait + 1, &ctx))
+            violation("crew_ctx_with_timeout failed", 0, 0);
+        int rc = crew_order_reserve(w->o, &seq, deadline, ctx);
+        crew_ctx_release(ctx);
         if (rc == CREW_ETIMEDOUT || rc == CREW_EAGAIN)
             continue;
         if (rc == CREW_EPIPE)
