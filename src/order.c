@@ -148,12 +148,18 @@ typedef struct wait_ctx {
     uint32_t seen; /* w.wake as read before the last check of the condition */
 } wait_ctx;
 
-static void wait_init(wait_ctx *wc, crew_ctx *ctx, uint64_t seq)
+/* Starts a blocking call: refuses a ctx already done, else prepares wc and returns 0 with
+ * o->mu held. */
+static int wait_begin(crew_order *o, wait_ctx *wc, crew_ctx *ctx, uint64_t seq)
 {
+    if (ctx && crew_ctx_done(ctx))
+        return crew_ctx_err(ctx);
     memset(wc, 0, sizeof *wc);
     wc->ctx = ctx;
     wc->w.seq = seq;
     atomic_init(&wc->w.wake, 0);
+    crew__check(pthread_mutex_lock(&o->mu));
+    return 0;
 }
 
 /* Called with o->mu held, after reading wc->seen and finding the condition false. Returns
@@ -304,12 +310,10 @@ int crew_order_reserve(crew_order *o, uint64_t *seq, int64_t deadline, crew_ctx 
     crew_assert(o);
     if (!seq)
         return CREW_EINVAL;
-    if (ctx && crew_ctx_done(ctx))
-        return crew_ctx_err(ctx);
     wait_ctx wc;
-    wait_init(&wc, ctx, 0);
-    int rc;
-    crew__check(pthread_mutex_lock(&o->mu));
+    int rc = wait_begin(o, &wc, ctx, 0);
+    if (rc)
+        return rc;
     for (;;) {
         arm(&wc);
         if (wc.w.granted) {
@@ -338,12 +342,10 @@ int crew_order_put(crew_order *o, uint64_t seq, void *item, int err, int64_t dea
                    crew_ctx *ctx)
 {
     crew_assert(o);
-    if (ctx && crew_ctx_done(ctx))
-        return crew_ctx_err(ctx);
     wait_ctx wc;
-    wait_init(&wc, ctx, seq);
-    int rc;
-    crew__check(pthread_mutex_lock(&o->mu));
+    int rc = wait_begin(o, &wc, ctx, seq);
+    if (rc)
+        return rc;
     for (;;) {
         arm(&wc);
         if (o->closed) {
@@ -381,12 +383,10 @@ int crew_order_next(crew_order *o, crew_order_result *out, int64_t deadline, cre
     crew_assert(o);
     if (!out)
         return CREW_EINVAL;
-    if (ctx && crew_ctx_done(ctx))
-        return crew_ctx_err(ctx);
     wait_ctx wc;
-    wait_init(&wc, ctx, 0);
-    int rc;
-    crew__check(pthread_mutex_lock(&o->mu));
+    int rc = wait_begin(o, &wc, ctx, 0);
+    if (rc)
+        return rc;
     for (;;) {
         arm(&wc);
         slot *s = slot_of(o, o->next);

@@ -21,8 +21,9 @@
 #include "internal.h"
 #include "testutil.h"
 
+#include "stress/calls.h"
+
 #include <string.h>
-#include <time.h>
 
 static uint64_t base_seed(void)
 {
@@ -59,13 +60,11 @@ static int err_of(uint64_t seq)
 typedef struct world {
     crew_order *o;
     uint64_t n;
-    _Atomic uint8_t *seen;   /* times each seq was taken */
-    uint8_t *put_ok;         /* 1 if its put returned 0: written by its producer only */
-    _Atomic int producing;   /* producers still running */
-    _Atomic bool closing;    /* set just before the close */
-    _Atomic bool chaos_stop; /* tells the chaos thread to exit */
-    pthread_mutex_t gmu;     /* guards gctx */
-    crew_ctx *gctx;          /* the shared ctx, replaced after each cancel */
+    _Atomic uint8_t *seen; /* times each seq was taken */
+    uint8_t *put_ok;       /* 1 if its put returned 0: written by its producer only */
+    _Atomic int producing; /* producers still running */
+    _Atomic bool closing;  /* set just before the close */
+    calls calls;           /* the kinds of call, and the chaos thread */
 } world;
 
 typedef struct actor {
@@ -76,52 +75,6 @@ typedef struct actor {
     pthread_t tid;
 } actor;
 
-enum { MODE_FOREVER, MODE_TRY, MODE_DEADLINE, MODE_SHARED_CTX, MODE_TIMEOUT_CTX };
-
-/* Picks a kind of call; fills in its deadline and ctx (a reference the caller releases). */
-static int pick(world *w, uint64_t *seed, int64_t *deadline, crew_ctx **ctx)
-{
-    uint64_t r = rng_next(seed) % 100;
-    *deadline = CREW_FOREVER;
-    *ctx = NULL;
-    if (r < 40)
-        return MODE_FOREVER;
-    if (r < 55) {
-        *deadline = CREW_NOW;
-        return MODE_TRY;
-    }
-    if (r < 75) {
-        *deadline = crew_deadline_in((int64_t)(rng_next(seed) % (200 * CREW_USEC)));
-        return MODE_DEADLINE;
-    }
-    if (r < 90) {
-        crew__check(pthread_mutex_lock(&w->gmu));
-        *ctx = crew_ctx_retain(w->gctx);
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        return MODE_SHARED_CTX;
-    }
-    if (crew_ctx_with_timeout(NULL, 1 + (int64_t)(rng_next(seed) % (300 * CREW_USEC)), ctx))
-        violation("crew_ctx_with_timeout failed", 0, 0);
-    return MODE_TIMEOUT_CTX;
-}
-
-/* True if rc is a failure that a call of this mode may return (0 is always fine). */
-static bool allowed(int mode, int rc)
-{
-    switch (mode) {
-    case MODE_FOREVER:
-        return false;
-    case MODE_TRY:
-        return rc == CREW_EAGAIN;
-    case MODE_DEADLINE:
-        return rc == CREW_EAGAIN || rc == CREW_ETIMEDOUT;
-    case MODE_SHARED_CTX:
-        return rc == CREW_ECANCELED;
-    default:
-        return rc == CREW_ETIMEDOUT;
-    }
-}
-
 static void *producer(void *arg)
 {
     actor *a = arg;
@@ -130,7 +83,7 @@ static void *producer(void *arg)
         for (;;) {
             int64_t deadline;
             crew_ctx *ctx;
-            int mode = pick(w, &a->seed, &deadline, &ctx);
+            int mode = calls_pick(&w->calls, &a->seed, &deadline, &ctx);
             int rc = crew_order_put(w->o, seq, item_of(seq), err_of(seq), deadline, ctx);
             crew_ctx_release(ctx);
             if (rc == 0) {
@@ -142,7 +95,7 @@ static void *producer(void *arg)
                     violation("CREW_EPIPE before the close", (long)seq, 0);
                 break;
             }
-            if (!allowed(mode, rc))
+            if (!calls_allowed(mode, rc))
                 violation("put returned an unexpected code", mode, rc);
             if (rc == CREW_EAGAIN)
                 sched_yield();
@@ -160,14 +113,14 @@ static void *consumer(void *arg)
     for (;;) {
         int64_t deadline;
         crew_ctx *ctx;
-        int mode = pick(w, &a->seed, &deadline, &ctx);
+        int mode = calls_pick(&w->calls, &a->seed, &deadline, &ctx);
         crew_order_result r;
         int rc = crew_order_next(w->o, &r, deadline, ctx);
         crew_ctx_release(ctx);
         if (rc == CREW_EPIPE)
             break;
         if (rc) {
-            if (!allowed(mode, rc))
+            if (!calls_allowed(mode, rc))
                 violation("next returned an unexpected code", mode, rc);
             if (rc == CREW_EAGAIN)
                 sched_yield();
@@ -191,29 +144,6 @@ static void *consumer(void *arg)
     return NULL;
 }
 
-static void *chaos(void *arg)
-{
-    actor *a = arg;
-    world *w = a->w;
-    while (!atomic_load(&w->chaos_stop)) {
-        /* Pacing the cancels, not synchronising anything. */
-        struct timespec ts = {0, (long)(50 * CREW_USEC + rng_next(&a->seed) % (400 * CREW_USEC))};
-        nanosleep(&ts, NULL);
-        crew_ctx *fresh = NULL;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
-            violation("crew_ctx_with_cancel failed", 0, 0);
-            break;
-        }
-        crew__check(pthread_mutex_lock(&w->gmu));
-        crew_ctx *old = w->gctx;
-        w->gctx = fresh;
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
-    }
-    return NULL;
-}
-
 static void run_buffer(size_t window, uint64_t n, bool close_early, uint64_t seed)
 {
     world w;
@@ -224,12 +154,10 @@ static void run_buffer(size_t window, uint64_t n, bool close_early, uint64_t see
     assert_non_null(w.seen);
     assert_non_null(w.put_ok);
     assert_int_equal(crew_order_create(&w.o, &(crew_order_opts){.window = window}), 0);
-    assert_int_equal(pthread_mutex_init(&w.gmu, NULL), 0);
-    assert_int_equal(crew_ctx_with_cancel(NULL, &w.gctx), 0);
+    calls_start(&w.calls, seed ^ 0xC4A05);
     atomic_init(&w.producing, PRODUCERS);
 
-    actor prod[PRODUCERS], cons[CONSUMERS], ch = {&w, 0, seed ^ 0xC4A05, 0, 0};
-    assert_int_equal(pthread_create(&ch.tid, NULL, chaos, &ch), 0);
+    actor prod[PRODUCERS], cons[CONSUMERS];
     for (unsigned i = 0; i < CONSUMERS; i++) {
         cons[i] = (actor){&w, i, seed * 31 + i + 1, 0, 0};
         assert_int_equal(pthread_create(&cons[i].tid, NULL, consumer, &cons[i]), 0);
@@ -258,8 +186,7 @@ static void run_buffer(size_t window, uint64_t n, bool close_early, uint64_t see
         assert_int_equal(pthread_join(cons[i].tid, NULL), 0);
         taken += cons[i].taken;
     }
-    atomic_store(&w.chaos_stop, true);
-    assert_int_equal(pthread_join(ch.tid, NULL), 0);
+    calls_stop(&w.calls);
 
     /* Every seq up to the highest put was taken once: as its item if its put succeeded,
      * as a hole if not. None beyond. */
@@ -287,8 +214,6 @@ static void run_buffer(size_t window, uint64_t n, bool close_early, uint64_t see
     if (!close_early)
         assert_int_equal(end, n);
 
-    crew_ctx_release(w.gctx);
-    assert_int_equal(pthread_mutex_destroy(&w.gmu), 0);
     crew_order_destroy(w.o);
     free(w.seen);
     free(w.put_ok);
@@ -297,7 +222,7 @@ static void run_buffer(size_t window, uint64_t n, bool close_early, uint64_t see
 static void test_buffer(void **state)
 {
     (void)state;
-    uint64_t n = (uint64_t)stress_scaled(40000);
+    uint64_t n = (uint64_t)stress_scaled(25000);
     run_buffer(1, n / 8, false, seed0);
     run_buffer(PRODUCERS, n, false, seed0 + 1);
     run_buffer(64, n, false, seed0 + 2);
@@ -306,7 +231,7 @@ static void test_buffer(void **state)
 static void test_buffer_close_race(void **state)
 {
     (void)state;
-    uint64_t n = (uint64_t)stress_scaled(40000);
+    uint64_t n = (uint64_t)stress_scaled(25000);
     run_buffer(PRODUCERS, n, true, seed0 + 3);
     run_buffer(64, n, true, seed0 + 4);
 }
@@ -382,7 +307,7 @@ static void *submit_main(void *arg)
             continue;
         }
         rjob *j = malloc(sizeof *j);
-        *j = (rjob){w, seq, rng_next(&a->seed) % 3000};
+        *j = (rjob){w, seq, rng_next(&a->seed) % 1000};
         if ((rc = crew_pool_submit(w->p, rjob_run, j, CREW_FOREVER, NULL))) {
             violation("submit failed", rc, 0);
             free(j);
@@ -394,7 +319,7 @@ static void *submit_main(void *arg)
 static void test_reserve_on_pool(void **state)
 {
     (void)state;
-    uint64_t n = (uint64_t)stress_scaled(30000);
+    uint64_t n = (uint64_t)stress_scaled(10000);
     rworld w = {0};
     w.n = n;
     assert_int_equal(crew_pool_create(&w.p, &(crew_pool_opts){.workers = 4, .queue_cap = 16}), 0);

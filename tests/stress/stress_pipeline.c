@@ -17,8 +17,9 @@
 #include "internal.h"
 #include "testutil.h"
 
+#include "stress/calls.h"
+
 #include <string.h>
-#include <time.h>
 
 #define PRODUCERS  3
 #define CONSUMERS  2
@@ -61,9 +62,7 @@ typedef struct round {
     size_t fail_stage; /* where */
     uint8_t sent[MAX_ITEMS];
     _Atomic int producing;
-    _Atomic bool stop_chaos;
-    pthread_mutex_t gmu; /* guards gctx */
-    crew_ctx *gctx;      /* the shared ctx, replaced after each cancel */
+    calls calls; /* the kinds of call, and the chaos thread */
 } round;
 
 typedef struct stage_arg {
@@ -107,51 +106,6 @@ static void on_discard(void *arg, void *item, size_t stage)
     set_fate(t, DISCARDED);
 }
 
-enum { MODE_FOREVER, MODE_TRY, MODE_DEADLINE, MODE_SHARED_CTX, MODE_TIMEOUT_CTX };
-
-static int pick(round *r, uint64_t *seed, int64_t *deadline, crew_ctx **ctx)
-{
-    uint64_t x = rng_next(seed) % 100;
-    *deadline = CREW_FOREVER;
-    *ctx = NULL;
-    if (x < 45)
-        return MODE_FOREVER;
-    if (x < 60) {
-        *deadline = CREW_NOW;
-        return MODE_TRY;
-    }
-    if (x < 78) {
-        *deadline = crew_deadline_in((int64_t)(rng_next(seed) % (300 * CREW_USEC)));
-        return MODE_DEADLINE;
-    }
-    if (x < 90) {
-        crew__check(pthread_mutex_lock(&r->gmu));
-        *ctx = crew_ctx_retain(r->gctx);
-        crew__check(pthread_mutex_unlock(&r->gmu));
-        return MODE_SHARED_CTX;
-    }
-    if (crew_ctx_with_timeout(NULL, 1 + (int64_t)(rng_next(seed) % (300 * CREW_USEC)), ctx))
-        violation("crew_ctx_with_timeout failed", 0, 0);
-    return MODE_TIMEOUT_CTX;
-}
-
-/* True if rc may come from a call of this mode (the pipeline's own end aside). */
-static bool allowed(int mode, int rc)
-{
-    switch (mode) {
-    case MODE_FOREVER:
-        return false;
-    case MODE_TRY:
-        return rc == CREW_EAGAIN;
-    case MODE_DEADLINE:
-        return rc == CREW_EAGAIN || rc == CREW_ETIMEDOUT;
-    case MODE_SHARED_CTX:
-        return rc == CREW_ECANCELED;
-    default:
-        return rc == CREW_ETIMEDOUT;
-    }
-}
-
 typedef struct actor {
     round *r;
     unsigned idx;
@@ -168,7 +122,7 @@ static void *producer(void *arg)
         for (;;) {
             int64_t deadline;
             crew_ctx *ctx;
-            int mode = pick(r, &a->seed, &deadline, &ctx);
+            int mode = calls_pick(&r->calls, &a->seed, &deadline, &ctx);
             int rc = crew_pipeline_send(r->pl, &toks[id], deadline, ctx);
             crew_ctx_release(ctx);
             if (rc == 0) {
@@ -184,7 +138,7 @@ static void *producer(void *arg)
                     continue;
                 goto out;
             }
-            if (!allowed(mode, rc))
+            if (!calls_allowed(mode, rc))
                 violation("send returned an unexpected code", mode, rc);
             if (rc == CREW_EAGAIN)
                 sched_yield();
@@ -207,7 +161,7 @@ static void *consumer(void *arg)
     for (;;) {
         int64_t deadline;
         crew_ctx *ctx;
-        int mode = pick(r, &a->seed, &deadline, &ctx);
+        int mode = calls_pick(&r->calls, &a->seed, &deadline, &ctx);
         void *item = NULL;
         int rc = crew_pipeline_recv(r->pl, &item, deadline, ctx);
         crew_ctx_release(ctx);
@@ -219,7 +173,7 @@ static void *consumer(void *arg)
         if (rc == CREW_ECANCELED)
             continue; /* ours, or the pipeline's on its way to the end: ask again */
         if (rc) {
-            if (!allowed(mode, rc))
+            if (!calls_allowed(mode, rc))
                 violation("recv returned an unexpected code", mode, rc);
             if (rc == CREW_EAGAIN)
                 sched_yield();
@@ -234,28 +188,6 @@ static void *consumer(void *arg)
         last[p] = t->id;
         set_fate(t, DELIVERED);
         a->count++;
-    }
-    return NULL;
-}
-
-static void *chaos(void *arg)
-{
-    actor *a = arg;
-    round *r = a->r;
-    while (!atomic_load(&r->stop_chaos)) {
-        struct timespec ts = {0, (long)(50 * CREW_USEC + rng_next(&a->seed) % (400 * CREW_USEC))};
-        nanosleep(&ts, NULL); /* pacing the cancels, not synchronising */
-        crew_ctx *fresh = NULL;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
-            violation("crew_ctx_with_cancel failed", 0, 0);
-            break;
-        }
-        crew__check(pthread_mutex_lock(&r->gmu));
-        crew_ctx *old = r->gctx;
-        r->gctx = fresh;
-        crew__check(pthread_mutex_unlock(&r->gmu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
     }
     return NULL;
 }
@@ -277,8 +209,6 @@ static void one_round(uint64_t seed, long round_no)
         toks[i].at = 0;
         atomic_store(&toks[i].fate, LIVE);
     }
-    assert_int_equal(pthread_mutex_init(&r.gmu, NULL), 0);
-    assert_int_equal(crew_ctx_with_cancel(NULL, &r.gctx), 0);
 
     crew_stage st[MAX_STAGES];
     stage_arg sa[MAX_STAGES];
@@ -296,8 +226,8 @@ static void one_round(uint64_t seed, long round_no)
     assert_int_equal(crew_pipeline_create(&r.pl, st, r.n, &o), 0);
     atomic_init(&r.producing, PRODUCERS);
 
-    actor prod[PRODUCERS], cons[CONSUMERS], ch = {&r, 0, s ^ 0xC4A05, 0, 0};
-    assert_int_equal(pthread_create(&ch.tid, NULL, chaos, &ch), 0);
+    actor prod[PRODUCERS], cons[CONSUMERS];
+    calls_start(&r.calls, s ^ 0xC4A05);
     unsigned nc = (r.flags & CREW_PIPELINE_SINK) ? 0 : CONSUMERS;
     for (unsigned i = 0; i < nc; i++) {
         cons[i] = (actor){&r, i, s * 31 + i + 1, 0, 0};
@@ -323,8 +253,7 @@ static void one_round(uint64_t seed, long round_no)
     for (unsigned i = 0; i < nc; i++)
         assert_int_equal(pthread_join(cons[i].tid, NULL), 0);
     int rc = crew_pipeline_wait(r.pl, CREW_FOREVER);
-    atomic_store(&r.stop_chaos, true);
-    assert_int_equal(pthread_join(ch.tid, NULL), 0);
+    calls_stop(&r.calls);
 
     /* The outcome: a cancel's cause, the stage's error (if its item got there before a
      * close ended the round), else 0. */
@@ -369,8 +298,6 @@ static void one_round(uint64_t seed, long round_no)
                round_no, r.n, r.flags, r.items, sent, by_fate[DELIVERED], by_fate[DROPPED],
                by_fate[FAILED], by_fate[DISCARDED], rc, (unsigned long long)seed);
     crew_pipeline_destroy(r.pl);
-    crew_ctx_release(r.gctx);
-    assert_int_equal(pthread_mutex_destroy(&r.gmu), 0);
 }
 
 static void test_rounds(void **state)
