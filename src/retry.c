@@ -73,13 +73,25 @@ int crew__retry_plan_init(crew__retry_plan *plan, const crew_retry *policy)
     return 0;
 }
 
+/* x^n by squaring, in double: enough for a backoff's growth, and no libm (whose load costs a
+ * command-line user of libcrew some 300 KiB of memory). Overflows to +inf, never NaN for
+ * x >= 1. */
+static double power(double x, unsigned n)
+{
+    double r = 1.0;
+    for (; n; n >>= 1, x *= x)
+        if (n & 1)
+            r *= x;
+    return r;
+}
+
 int64_t crew__retry_backoff(const crew__retry_plan *plan, unsigned attempt, uint64_t *rng)
 {
     if (attempt == 0)
         return 0;
     /* In double: base > 0 and factor >= 1, so the product only grows, to +inf at worst,
      * never NaN; the comparison with cap happens before any conversion to an integer. */
-    double c = (double)plan->base * pow(plan->factor, (double)(attempt - 1));
+    double c = (double)plan->base * power(plan->factor, attempt - 1);
     int64_t ceiling = c >= (double)plan->cap ? plan->cap : (int64_t)c;
     if (!plan->jitter)
         return ceiling;
