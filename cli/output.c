@@ -1,0 +1,194 @@
+/*
+ * output.c - printing finished jobs: grouped, in order (-k), line by line, tagged, JSON.
+ *
+ * Default (grouped): a worker prints its job's stdout then stderr whole, as soon as the job
+ * ends, under out_lock, so the output of two jobs never interleaves. -k: jobs go through
+ * the order window (reorder.c), which emits them in input order under its own lock and
+ * asks us to park the output of a job that must wait: small output is copied into the job
+ * within a memory budget (PARK_MEM), the rest appended to one shared spill file, which is
+ * truncated whenever no job is parked any more. --line-buffer: the worker prints each
+ * complete line as it arrives (tagged if --tag), under out_lock. -u: jobs write straight to
+ * crew's stdout and stderr; nothing passes through here. --json: one object per job on
+ * stdout instead of its output.
+ *
+ * If stdout's reader goes away (EPIPE; SIGPIPE is ignored so crew can finish cleanly),
+ * crew stops starting jobs, terminates the running ones and prints nothing more.
+ *
+ * Locks: out_lock (grouped and line modes) and the window's lock (-k) are never held
+ * together; park_mem, spill_fd, spill_end and parked are only touched under the window's
+ * lock.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PARK_MEM ((size_t)4 << 20) /* -k: bytes of parked output kept in memory */
+
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static reorder *order;     /* the -k window, or NULL */
+static size_t park_mem;    /* -k: memory budget left for parked output */
+static int spill_fd = -1;  /* -k: the shared spill file, opened when first needed */
+static uint64_t spill_end; /* -k: bytes used in it */
+static size_t parked;      /* -k: jobs whose output is parked */
+
+/* Notes a broken stdout: stop, terminate the running jobs, print nothing more. */
+static void broken(run *r, int rc)
+{
+    if (rc != -EPIPE)
+        return;
+    if (!atomic_exchange(&r->out_broken, true)) {
+        run_stop(r, STOP_EPIPE);
+        run_terminate(r);
+    }
+}
+
+/* The --tag prefix: the arguments joined by spaces, then a tab. */
+static int tag_of(const job *j, strbuf *b)
+{
+    for (unsigned k = 0; k < j->nargs; k++)
+        if ((k && sb_putc(b, ' ')) || sb_puts(b, j->args[k]))
+            return -ENOMEM;
+    return sb_putc(b, '\t');
+}
+
+/* Writes one stream of j to fd, tagged or not. */
+static int put_stream(run *r, const job *j, const outbuf *b, int fd)
+{
+    if (b->len == 0)
+        return 0;
+    if (!r->o->tag)
+        return outbuf_write_to(b, fd);
+    strbuf t = {0};
+    int rc = tag_of(j, &t);
+    if (!rc)
+        rc = outbuf_write_tagged(b, fd, t.p, t.len);
+    sb_free(&t);
+    return rc;
+}
+
+/* Prints j (the caller holds the lock that orders output). */
+static void print_job(run *r, job *j)
+{
+    if (j->state == JOB_SKIPPED || atomic_load(&r->out_broken) || r->o->ungroup)
+        return;
+    if (r->o->json) {
+        size_t len;
+        char *line = json_render(j, &len);
+        if (line) {
+            broken(r, write_all(1, line, len));
+            free(line);
+        }
+        return;
+    }
+    if (r->o->line_buffer)
+        return; /* printed as it came */
+    int rc = put_stream(r, j, j->outp, 1);
+    broken(r, rc);
+    if (!rc)
+        put_stream(r, j, j->errp, 2);
+}
+
+/* -k: the window's emit callback. */
+static void emit_ordered(void *arg, job *j)
+{
+    run *r = arg;
+    print_job(r, j);
+    if (j->outp == &j->out) {
+        /* It was parked: give back its memory, and the spill file once nobody is in it. */
+        park_mem += (j->out.fd < 0 ? j->out.len : 0) + (j->err.fd < 0 ? j->err.len : 0);
+        if (--parked == 0 && spill_end > 0) {
+            if (ftruncate(spill_fd, 0) == 0)
+                spill_end = 0;
+        }
+    }
+    job_free(j);
+}
+
+/* -k: the window's park callback: the job must wait for its turn. */
+static void park(void *arg, job *j)
+{
+    (void)arg;
+    outbuf *o = j->outp, *e = j->errp;
+    j->outp = &j->out;
+    j->errp = &j->err;
+    parked++;
+    if (o == &j->out)
+        return; /* never ran: nothing captured */
+    if (spill_fd < 0 && (o->len + e->len > park_mem || o->fd >= 0 || e->fd >= 0)) {
+        spill_fd = tmpfile_open();
+        if (spill_fd < 0) {
+            msg("cannot create a temporary file: %s", strerror(-spill_fd));
+            spill_fd = -1;
+        }
+    }
+    if (outbuf_park(&j->out, o, &park_mem, spill_fd, &spill_end) ||
+        outbuf_park(&j->err, e, &park_mem, spill_fd, &spill_end))
+        msg("job %llu: output lost: cannot park it", (unsigned long long)j->seq);
+}
+
+int output_init(run *r)
+{
+    park_mem = PARK_MEM;
+    if (!r->o->keep_order)
+        return 0;
+    return reorder_create(&order, r->o->order_window, 1, emit_ordered, park, r);
+}
+
+void output_fini(void)
+{
+    reorder_destroy(order);
+    order = NULL;
+    if (spill_fd >= 0)
+        close(spill_fd);
+    spill_fd = -1;
+}
+
+int output_admit(uint64_t seq)
+{
+    return order ? reorder_admit(order, seq) : 0;
+}
+
+void output_wake(void)
+{
+    if (order)
+        reorder_wake(order);
+}
+
+void output_emit(run *r, job *j)
+{
+    if (order) {
+        reorder_put(order, j);
+        return;
+    }
+    pthread_mutex_lock(&out_lock);
+    print_job(r, j);
+    pthread_mutex_unlock(&out_lock);
+    job_free(j);
+}
+
+int output_lines(run *r, const job *j, outbuf *b, int fd, bool final)
+{
+    if (b->len == 0 || b->fd >= 0)
+        return 0;
+    char *nl = memrchr(b->mem, '\n', b->len);
+    size_t n = nl ? (size_t)(nl - b->mem) + 1 : 0;
+    if (final || b->len >= OUTBUF_MEM_MAX / 2)
+        n = b->len; /* the end, or a line too long to hold: print what there is */
+    if (n == 0)
+        return 0;
+    outbuf head = {.mem = b->mem, .len = n, .cap = n, .fd = -1};
+    int rc = 0;
+    pthread_mutex_lock(&out_lock);
+    if (!atomic_load(&r->out_broken))
+        rc = put_stream(r, j, &head, fd);
+    pthread_mutex_unlock(&out_lock);
+    if (fd == 1)
+        broken(r, rc);
+    memmove(b->mem, b->mem + n, b->len - n);
+    b->len -= n;
+    return rc;
+}
