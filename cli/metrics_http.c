@@ -9,11 +9,17 @@
  * it binds 127.0.0.1 only: metrics are not published to the network unless asked. Port 0
  * picks a free port; crew prints the address it serves on stderr.
  *
+ * libmicrohttpd is loaded with dlopen(3) when --metrics is given, not linked: it pulls in
+ * GnuTLS and half a dozen other libraries, 2.5 MiB of resident memory that a run without
+ * --metrics would pay for nothing (crew's memory goal is xargs + 1 MiB). Its header is
+ * still what the calls are checked against, through __typeof__.
+ *
  * Threads: the server thread reads the pool's stats and run's atomics only.
  */
 #include "cli.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -21,7 +27,51 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef CREW_MHD_SONAME
+#define CREW_MHD_SONAME "libmicrohttpd.so.12"
+#endif
+
 static struct MHD_Daemon *daemon_;
+
+/* The libmicrohttpd functions crew calls, resolved by load_mhd(). */
+static struct {
+    void *lib;
+    __typeof__(&MHD_start_daemon) start_daemon;
+    __typeof__(&MHD_stop_daemon) stop_daemon;
+    __typeof__(&MHD_get_daemon_info) get_daemon_info;
+    __typeof__(&MHD_create_response_from_buffer) create_response_from_buffer;
+    __typeof__(&MHD_add_response_header) add_response_header;
+    __typeof__(&MHD_queue_response) queue_response;
+    __typeof__(&MHD_destroy_response) destroy_response;
+} mhd;
+
+/* Loads libmicrohttpd. 0, or -ENOENT after a message. */
+static int load_mhd(void)
+{
+    mhd.lib = dlopen(CREW_MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!mhd.lib) {
+        msg("--metrics: cannot load %s: %s", CREW_MHD_SONAME, dlerror());
+        return -ENOENT;
+    }
+    /* POSIX lets a void * from dlsym become a function pointer; ISO C does not say. */
+#define RESOLVE(field, name)                                                                       \
+    *(void **)&mhd.field = dlsym(mhd.lib, name);                                                   \
+    if (!mhd.field) {                                                                              \
+        msg("--metrics: %s lacks %s", CREW_MHD_SONAME, name);                                      \
+        dlclose(mhd.lib);                                                                          \
+        mhd.lib = NULL;                                                                            \
+        return -ENOENT;                                                                            \
+    }
+    RESOLVE(start_daemon, "MHD_start_daemon")
+    RESOLVE(stop_daemon, "MHD_stop_daemon")
+    RESOLVE(get_daemon_info, "MHD_get_daemon_info")
+    RESOLVE(create_response_from_buffer, "MHD_create_response_from_buffer")
+    RESOLVE(add_response_header, "MHD_add_response_header")
+    RESOLVE(queue_response, "MHD_queue_response")
+    RESOLVE(destroy_response, "MHD_destroy_response")
+#undef RESOLVE
+    return 0;
+}
 
 /* The Prometheus text: the pool's metrics, then the command's. */
 static char *render(run *r, size_t *len)
@@ -71,25 +121,25 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
     unsigned status = MHD_HTTP_OK;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         static char no[] = "only GET\n";
-        resp = MHD_create_response_from_buffer(sizeof no - 1, no, MHD_RESPMEM_PERSISTENT);
+        resp = mhd.create_response_from_buffer(sizeof no - 1, no, MHD_RESPMEM_PERSISTENT);
         status = MHD_HTTP_METHOD_NOT_ALLOWED;
     } else if (strcmp(url, "/metrics") != 0) {
         static char nf[] = "not found: try /metrics\n";
-        resp = MHD_create_response_from_buffer(sizeof nf - 1, nf, MHD_RESPMEM_PERSISTENT);
+        resp = mhd.create_response_from_buffer(sizeof nf - 1, nf, MHD_RESPMEM_PERSISTENT);
         status = MHD_HTTP_NOT_FOUND;
     } else {
         size_t len = 0;
         char *body = render(cls, &len);
         if (!body)
             return MHD_NO;
-        resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+        resp = mhd.create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
         if (resp)
-            MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
+            mhd.add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
     }
     if (!resp)
         return MHD_NO;
-    enum MHD_Result rc = MHD_queue_response(c, status, resp);
-    MHD_destroy_response(resp);
+    enum MHD_Result rc = mhd.queue_response(c, status, resp);
+    mhd.destroy_response(resp);
     return rc;
 }
 
@@ -125,6 +175,8 @@ static int split_addr(const char *addr, char *host, size_t hn, char *port, size_
 int metrics_start(run *r, const char *addr)
 {
     char host[256], port[16];
+    if (load_mhd())
+        return -ENOENT;
     if (split_addr(addr, host, sizeof host, port, sizeof port)) {
         msg("--metrics: expected [HOST:]PORT such as 9090 or 127.0.0.1:9090, got '%s'", addr);
         return -EINVAL;
@@ -138,7 +190,7 @@ int metrics_start(run *r, const char *addr)
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG * 0;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    daemon_ = MHD_start_daemon(flags, 0, NULL, NULL, answer, r, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+    daemon_ = mhd.start_daemon(flags, 0, NULL, NULL, answer, r, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                MHD_OPTION_END);
     char shown[300];
     if (ai->ai_family == AF_INET6)
@@ -150,7 +202,7 @@ int metrics_start(run *r, const char *addr)
         msg("--metrics %s: cannot listen there", addr);
         return -EADDRINUSE;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info = mhd.get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
     if (!r->o->quiet)
         msg("metrics on http://%s:%u/metrics", shown, info ? (unsigned)info->port : 0u);
     return 0;
@@ -159,6 +211,9 @@ int metrics_start(run *r, const char *addr)
 void metrics_stop(void)
 {
     if (daemon_)
-        MHD_stop_daemon(daemon_);
+        mhd.stop_daemon(daemon_);
     daemon_ = NULL;
+    if (mhd.lib)
+        dlclose(mhd.lib);
+    mhd.lib = NULL;
 }
