@@ -1,0 +1,60 @@
+# helper.bash - shared setup for the crew command's bats tests.
+#
+# $CREW is the crew binary under test (CTest passes the one it built). Each test runs in a
+# fresh temporary directory. Nothing here sleeps to synchronise: wait_until polls for a
+# condition the test can observe (a file, a line of output), with a generous limit, and
+# timing is only ever checked against loose upper bounds.
+
+: "${CREW:?set CREW to the crew binary to test}"
+export BATS_TEST_TIMEOUT=${BATS_TEST_TIMEOUT:-120}
+export LC_ALL=C
+bats_require_minimum_version 1.5.0
+
+setup() {
+    T=$(mktemp -d "${BATS_TMPDIR:-/tmp}/crew-test.XXXXXX")
+    cd "$T" || return 1
+}
+
+teardown() {
+    cd / && rm -rf "$T"
+}
+
+# wait_until CMD [SECONDS]: true once CMD succeeds; false after SECONDS (default 30).
+wait_until() {
+    local limit=$((SECONDS + ${2:-30}))
+    until eval "$1"; do
+        ((SECONDS < limit)) || return 1
+        sleep 0.02
+    done
+}
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+    [[ -r /proc/$1/stat ]] || return 1
+    local state
+    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
+}
+
+# none_alive FILE...: no pid listed in the files is a live process.
+none_alive() {
+    local f p
+    for f in "$@"; do
+        [[ -e $f ]] || continue
+        while read -r p; do
+            if [[ -n $p ]] && alive "$p"; then
+                echo "pid $p (from $f) is still running" >&2
+                return 1
+            fi
+        done <"$f"
+    done
+}
+
+# elapsed_ms CMD...: runs CMD, sets $status, $output and $ms (wall time).
+elapsed_ms() {
+    local t0 t1
+    t0=$(date +%s%N)
+    run "$@"
+    t1=$(date +%s%N)
+    ms=$(((t1 - t0) / 1000000))
+}
