@@ -273,6 +273,7 @@ struct run {
     _Atomic bool out_broken;     /* stdout's reader went away */
     _Atomic int64_t runtime_sum; /* sum of finished jobs' run times, ns (for --eta) */
     _Atomic int watched_orphans; /* orphans the supervisor waits to attribute */
+    sigset_t signals_taken;      /* blocked in every thread, read from the signalfd */
     int sup_wake;                /* eventfd: wakes the supervisor */
     int input_wake;              /* eventfd: wakes the input reader */
 };

@@ -305,14 +305,18 @@ int main(int argc, char **argv)
         status = input_open(&in, &o, -1) ? EXIT_ERROR : dry_run(&r, in);
         goto out;
     }
-    /* Before any thread exists, so that every thread inherits the mask. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGCHLD);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* Before any thread exists, so that every thread inherits the mask. A signal ignored
+     * when crew starts (nohup's SIGHUP, SIGINT for a background job of a script) stays
+     * ignored: it is not blocked, so it never reaches the signalfd. */
+    sigemptyset(&r.signals_taken);
+    int taken[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++) {
+        struct sigaction old;
+        if (sigaction(taken[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaddset(&r.signals_taken, taken[i]);
+    }
+    sigaddset(&r.signals_taken, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &r.signals_taken, NULL);
     signal(SIGPIPE, SIG_IGN);
     mallopt(M_ARENA_MAX, 1); /* workers allocate little: one arena keeps RSS small */
     if (setup(&r) || input_open(&in, &o, r.input_wake)) {

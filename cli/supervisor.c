@@ -439,13 +439,7 @@ int supervisor_start(run *r)
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
         msg("warning: cannot become a subreaper (%s): orphans of jobs may outlive crew",
             strerror(errno));
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGCHLD);
-    sup.sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    sup.sfd = signalfd(-1, &r->signals_taken, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sup.sfd < 0)
         return -errno;
     int rc = pthread_create(&sup.thread, NULL, supervise, r);
