@@ -178,6 +178,9 @@ int input_open(input **out, const opts *o, int wake_fd);
 /* The next job (seq numbers 1, 2, ...), NULL at the end or when woken (see
  * input_error). The caller owns the job. */
 job *input_next(input *in);
+/* How many jobs the sources make, when known before reading them (every source a :::
+ * list), else -1. */
+int64_t input_total(const input *in);
 /* After input_next returned NULL: 0 at a clean end, -errno on a read error, -EINTR when
  * woken. */
 int input_error(const input *in);
@@ -261,7 +264,7 @@ struct run {
     _Atomic int signals;         /* SIGINT/SIGTERM received so far */
     _Atomic int last_signal;     /* the last of them */
     _Atomic uint64_t nread;      /* jobs read from the input */
-    _Atomic bool input_done;     /* the input has ended (nread is the total) */
+    _Atomic int64_t total;       /* jobs the input holds in all, or -1 while unknown */
     _Atomic uint64_t nstarted;   /* jobs whose first attempt started */
     _Atomic uint64_t nok;        /* jobs that succeeded */
     _Atomic uint64_t nfailed;    /* jobs that failed */
@@ -300,6 +303,9 @@ bool slots_running(run *r, uint64_t seq, pid_t pgid);
 
 /* The job is finished (or skipped): record, print, count, check --halt, free it. */
 void job_finish(run *r, job *j);
+
+/* Jobs to run in all (the --resume'd excluded), or 0 while the total is unknown. */
+uint64_t run_total(run *r);
 
 /* ---- output ------------------------------------------------------------------------ */
 

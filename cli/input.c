@@ -333,6 +333,19 @@ job *input_next(input *in)
     return j;
 }
 
+int64_t input_total(const input *in)
+{
+    if (in->rd)
+        return -1;
+    int64_t total = 1;
+    for (size_t k = 0; k < in->n; k++) {
+        if (in->lists[k].n && total > INT64_MAX / (int64_t)in->lists[k].n)
+            return -1;
+        total *= (int64_t)in->lists[k].n;
+    }
+    return total;
+}
+
 int input_error(const input *in)
 {
     return in->err;

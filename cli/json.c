@@ -100,7 +100,7 @@ char *json_render(const job *j, size_t *len)
                   (double)j->runtime / 1e9, "stdout", stream(j->outp), "stderr", stream(j->errp));
     if (!o)
         return NULL;
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     json_decref(o);
     if (!s)
         return NULL;

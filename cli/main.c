@@ -50,6 +50,13 @@ void msg(const char *fmt, ...)
     write_all(2, line, len);
 }
 
+uint64_t run_total(run *r)
+{
+    int64_t total = atomic_load(&r->total);
+    uint64_t skipped = atomic_load(&r->nresumed);
+    return total < 0 || (uint64_t)total < skipped ? 0 : (uint64_t)total - skipped;
+}
+
 /* ---- finishing a job ------------------------------------------------------------------- */
 
 /* --halt: has the condition been met by the counts now? */
@@ -61,7 +68,7 @@ static bool halt_due(run *r, uint64_t ok, uint64_t failed)
                                                    : ok + failed;
     if (!o->halt_pct)
         return (double)count >= o->halt_value;
-    uint64_t total = atomic_load(&r->nread) - atomic_load(&r->nresumed);
+    uint64_t total = run_total(r); /* a percentage waits until the total is known */
     return total > 0 && (double)count * 100.0 >= o->halt_value * (double)total;
 }
 
@@ -74,7 +81,7 @@ static int halt_status(run *r, const job *j, uint64_t failed)
     if (o->halt_why == HALT_FAIL && !o->halt_pct && o->halt_value == 1)
         return j->sig ? 128 + j->sig : j->exit_code; /* GNU: the failing job's status */
     if (o->halt_pct && o->halt_why == HALT_FAIL) {
-        uint64_t total = atomic_load(&r->nread) - atomic_load(&r->nresumed);
+        uint64_t total = run_total(r);
         return total ? (int)(failed * 100 / total) : 0;
     }
     return failed > 100 ? EXIT_MANY_FAILED : (int)failed;
@@ -182,7 +189,7 @@ static void feed(run *r, input *in)
     }
     int err = input_error(in);
     if (err == 0 && !crew_ctx_done(r->stop))
-        atomic_store(&r->input_done, true);
+        atomic_store(&r->total, (int64_t)atomic_load(&r->nread));
     else if (err && err != -EINTR) {
         msg("reading the input: %s", strerror(-err));
         run_stop(r, STOP_ERROR);
@@ -321,13 +328,14 @@ int main(int argc, char **argv)
     mallopt(M_ARENA_MAX, 1); /* workers allocate little: one arena keeps RSS small */
     if (setup(&r) || input_open(&in, &o, r.input_wake)) {
         status = EXIT_ERROR;
-        run_stop(&r, STOP_ERROR);
         if (r.pool) {
+            run_stop(&r, STOP_ERROR);
             crew_pool_close(r.pool);
             crew_pool_wait(r.pool, CREW_FOREVER);
         }
         goto done;
     }
+    atomic_store(&r.total, input_total(in));
     feed(&r, in);
     crew_pool_close(r.pool);
     crew_pool_wait(r.pool, CREW_FOREVER);

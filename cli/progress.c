@@ -33,15 +33,6 @@ void format_duration(char *buf, size_t n, int64_t ns)
         snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
 }
 
-/* Jobs to run in all (known once the input ended), or 0 while unknown. */
-static uint64_t total_jobs(run *r)
-{
-    if (!atomic_load(&r->input_done))
-        return 0;
-    uint64_t t = atomic_load(&r->nread), skipped = atomic_load(&r->nresumed);
-    return t > skipped ? t - skipped : 0;
-}
-
 void progress_draw(run *r, bool final)
 {
     const opts *o = r->o;
@@ -49,7 +40,7 @@ void progress_draw(run *r, bool final)
     if (!(o->bar && tty) && !o->eta)
         return;
     uint64_t done = atomic_load(&r->nok) + atomic_load(&r->nfailed);
-    uint64_t total = total_jobs(r);
+    uint64_t total = run_total(r);
     int64_t elapsed = crew_now() - r->t0;
     double rate = elapsed > 0 ? (double)done * 1e9 / (double)elapsed : 0;
     char eta[32] = "?";

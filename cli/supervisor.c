@@ -83,6 +83,8 @@ static struct {
 
 static void request(unsigned bits)
 {
+    if (!sup.started)
+        return;
     atomic_fetch_or(&sup.requests, bits);
     uint64_t one = 1;
     ssize_t w = write(sup.r->sup_wake, &one, sizeof one);

@@ -36,6 +36,14 @@ alive() {
     [[ -n $state && $state != Z && $state != X ]]
 }
 
+# takes_signal PID SIG: crew PID has set up its signal handling (SIG is blocked, to be read
+# from its signalfd), so a signal sent now is handled, not fatal.
+takes_signal() {
+    local mask
+    mask=$(sed -n 's/^SigBlk:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $mask ]] && (((16#$mask >> ($2 - 1)) & 1))
+}
+
 # none_alive FILE...: no pid listed in the files is a live process.
 none_alive() {
     local f p
