@@ -12,11 +12,26 @@ bats_require_minimum_version 1.5.0
 
 setup() {
     T=$(mktemp -d "${BATS_TMPDIR:-/tmp}/crew-test.XXXXXX")
+    # A sanitizer build writes its reports into files, which teardown turns into failures
+    # (a report on stderr could go unnoticed by a test that only checks stdout).
+    SANLOG=$T.san
+    mkdir -p "$SANLOG"
+    export TSAN_OPTIONS="${TSAN_OPTIONS:+$TSAN_OPTIONS:}log_path=$SANLOG/report"
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$SANLOG/report"
+    export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}log_path=$SANLOG/report"
     cd "$T" || return 1
 }
 
 teardown() {
     cd / && rm -rf "$T"
+    local reports=("$SANLOG"/report*)
+    if [[ -e ${reports[0]} ]]; then
+        cat "${reports[@]}" >&2
+        rm -rf "$SANLOG"
+        echo "sanitizer reports above" >&2
+        return 1
+    fi
+    rm -rf "$SANLOG"
 }
 
 # wait_until CMD [SECONDS]: true once CMD succeeds; false after SECONDS (default 30).
