@@ -287,7 +287,8 @@ typedef struct crew_stats {
     char name[64];      /* the pool's name: the Prometheus pool label */
     uint64_t submitted; /* jobs accepted */
     uint64_t rejected;  /* submits refused, whatever the reason */
-    uint64_t started;   /* jobs whose function was called */
+    uint64_t started;   /* jobs whose function was called (once, however many tries) */
+    uint64_t retried;   /* further tries of jobs with a retry policy */
     uint64_t succeeded; /* returned 0 */
     uint64_t failed;    /* returned an error other than the two below */
     uint64_t cancelled; /* returned CREW_ECANCELED, or dropped unrun by a cancel */
@@ -300,7 +301,7 @@ typedef struct crew_stats {
 } crew_stats;
 
 /* Writes the Prometheus text exposition (format 0.0.4) of n snapshots to f: counters
- * crew_jobs_{submitted,rejected,started,succeeded,failed,cancelled,timed_out}_total,
+ * crew_jobs_{submitted,rejected,started,succeeded,failed,cancelled,timed_out,retried}_total,
  * gauges crew_queue_depth, crew_busy_workers, crew_live_workers, and histograms
  * crew_queue_wait_seconds and crew_run_seconds, each sample labelled pool="name". Returns
  * 0, or CREW_EINVAL if a write failed. Thread-safe for distinct f. */
@@ -313,11 +314,16 @@ CREW_EXPORT int crew_prometheus_write(FILE *f, const crew_stats *const *stats, s
  * function and its argument; its output goes where its argument points. The function
  * receives a ctx: the pool's, or, when the job has a run budget, a per-job child of it that
  * times out. A job's return value is its result: 0, or a negative CREW_E* code (or any
- * negative errno). A job that returns an error never stops its worker.
+ * negative errno). A job that returns an error never stops its worker. With a retry policy
+ * (crew_pool_opts.retry, crew_job.retry) a failed job is tried again inside its worker, after
+ * a backoff that the job's ctx cuts short; its run budget covers all its tries, and its
+ * result is its last try's.
  * ------------------------------------------------------------------------------------- */
 
 typedef struct crew_pool crew_pool;
 typedef struct crew_future crew_future;
+typedef struct crew_retry crew_retry; /* a retry policy: see "Retry" below */
+typedef struct crew_rate crew_rate;   /* a token bucket: see "Rate limiter" below */
 
 /* A job: runs on a worker with the job's ctx; returns 0 or a negative error code. */
 typedef int (*crew_job_fn)(crew_ctx *ctx, void *arg);
@@ -356,7 +362,7 @@ typedef struct crew_pool_opts {
                                  is free to take the job */
     int64_t idle_timeout;     /* ns a worker above the minimum stays idle before it exits;
                                  0 = 10 s */
-    int64_t job_timeout;      /* default run budget per job, ns; 0 = none */
+    int64_t job_timeout;      /* default run budget per job (all its tries), ns; 0 = none */
     int64_t queue_timeout;    /* default queue budget per job, ns; 0 = none: a job that waited
                                  longer is dropped unrun and reported timed out */
     unsigned priorities;      /* priority levels 0..priorities-1 (at most 64), higher runs
@@ -366,6 +372,11 @@ typedef struct crew_pool_opts {
     crew_worker_fini_fn fini;
     void *hook_arg;
     crew_discard_fn discard; /* for accepted jobs that never run (may be NULL) */
+    const crew_retry *retry; /* default retry policy of every job (copied at create;
+                                crew_retry_do's rules); NULL = one try */
+    crew_rate *rate;         /* caps the rate at which jobs start: a worker takes a token
+                                (crew_rate_wait) before each job; not owned, must outlive
+                                the pool; NULL = no cap */
     bool results;            /* keep a results channel: see crew_pool_results() */
     size_t results_cap;      /* its capacity; 0 = queue_cap + max_workers */
     crew_log_fn log;         /* optional log callback and its argument */
@@ -390,6 +401,8 @@ typedef struct crew_job {
     int64_t timeout;         /* run budget, ns; 0 = pool default; < 0 = none */
     int64_t queue_timeout;   /* queue budget, ns; 0 = pool default; < 0 = none */
     unsigned priority;       /* 0 (lowest) .. priorities-1; larger values are clamped */
+    const crew_retry *retry; /* retry policy (copied at submit), overriding the pool's;
+                                NULL = the pool's */
 } crew_job;
 
 /* Creates a pool and starts its minimum workers, waiting for their init hooks (which run
@@ -515,25 +528,271 @@ CREW_EXPORT int crew_pool_worker_id(void);
  * Error groups (crew_group): run tasks, wait for all, the first error cancels the rest
  * ------------------------------------------------------------------------------------- */
 
-/* (the group section) */
+typedef struct crew_group crew_group;
+
+/* How a group runs its tasks. A caller's pool must outlive the group. */
+typedef struct crew_group_opts {
+    crew_pool *pool;         /* tasks run on it (not one with a results channel); NULL = a pool of
+                                crew_ncpu() workers owned by the group, queue of limit (or 4096) */
+    crew_ctx *ctx;           /* parent of the group's ctx; NULL = background */
+    unsigned limit;          /* tasks in flight at most (Go's SetLimit); 0 = no limit */
+    bool all_errors;         /* keep every error instead of failing fast: the first error then
+                                cancels nothing */
+    crew_discard_fn discard; /* called instead of fn for an accepted task that never runs
+                                (its fn and arg, and why); may be NULL */
+} crew_group_opts;
+
+/* One failed task, as crew_group_errors() reports it. */
+typedef struct crew_group_error {
+    uint64_t index; /* the task's number: 0 for the first task the group accepted, 1 for the
+                       next, in the order go() accepted them (a go() that failed while
+                       another thread's succeeded may leave a number unused) */
+    crew_job_fn fn; /* the task's function and argument */
+    void *arg;
+    int err;  /* what fn returned, or why the task never ran */
+    bool ran; /* false if fn was never called (the task was dropped or skipped) */
+} crew_group_error;
+
+/* Creates a group: a ctx (child of opts->ctx) handed to every task, cancelled with the
+ * first task's error (fail-fast) unless opts->all_errors, and also when opts->pool is
+ * cancelled or drained past its deadline. With no opts->pool it starts a pool of its own.
+ * Returns 0, CREW_EINVAL (out NULL, or a pool with a results channel), CREW_ENOMEM, or
+ * CREW_EAGAIN (a worker thread could not be created). Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_group_create(crew_group **out, const crew_group_opts *opts);
+
+/* Cancels the group's ctx if tasks are still in flight, waits for every one of them (from
+ * a job of the group's pool, running queued jobs meanwhile), stops the group's own pool,
+ * and frees g. No other thread may use g during or after the call, and it must not be
+ * called from one of g's tasks. NULL is ignored. */
+CREW_EXPORT void crew_group_destroy(crew_group *g);
+
+/* Starts fn(ctx, arg) as a task of g on its pool; fn receives the group's ctx and returns 0
+ * or an error. With a limit, first blocks until fewer than limit tasks are in flight, then
+ * (with a bounded pool) until the pool has room, until deadline or until ctx (may be NULL)
+ * is done. Unlike Go's errgroup, which still starts every function, a group whose ctx is
+ * done (a fail-fast error, a cancel of the parent ctx, of the group's ctx or of its pool)
+ * starts nothing more: go returns the ctx's error (a go blocked for a slot as soon as it
+ * comes), and a task still queued when it came is not run but handed to opts.discard with
+ * the ctx's error and filed as failed (ran false); so is a task the pool drops.
+ * Returns 0 (accepted: fn or the discard callback will be called exactly once), ctx's error,
+ * the group ctx's error, CREW_EAGAIN (at the limit or the pool full, and deadline CREW_NOW
+ * or already past), CREW_ETIMEDOUT, CREW_ESHUTDOWN (the pool no longer accepts jobs),
+ * CREW_EINVAL (g or fn NULL), CREW_ENOMEM, or CREW_EDEADLK (called from a task of g while
+ * every task in flight waits likewise for a slot of g). On failure fn is never called and
+ * the caller keeps arg. From a job of the group's pool, a wait for a slot runs tasks
+ * instead of sleeping, as crew_group_wait() does, and a full pool is not waited for: the
+ * task then runs in place, in the calling thread, before go returns 0. Thread-safe;
+ * callable from a job and from a task. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_group_go(crew_group *g, crew_job_fn fn, void *arg,
+                                               int64_t deadline, crew_ctx *ctx);
+
+/* crew_group_go(g, fn, arg, CREW_NOW, NULL): never waits (Go's TryGo); CREW_EAGAIN at the
+ * limit or when the pool is full. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_group_try_go(crew_group *g, crew_job_fn fn, void *arg);
+
+/* Blocks until every task of g has finished (or was dropped), until deadline or until ctx
+ * (may be NULL) is done. Once all are done it returns the group's result, crew_group_err():
+ * 0 or the first error. Otherwise CREW_EAGAIN (deadline CREW_NOW or past), CREW_ETIMEDOUT,
+ * ctx's error, CREW_EDEADLK (called from one of g's own tasks) or CREW_EINVAL (g NULL). A
+ * task may return those codes too: after a wait with a deadline or a ctx,
+ * crew_group_active(g) == 0 tells that the tasks are done, and crew_group_err(g) is then
+ * their result. Unlike Go's Wait it does not cancel the group's ctx: the group stays usable,
+ * and more tasks may be added and waited for (crew_group_destroy() releases the ctx).
+ * From a job of the group's pool it never just sleeps while work it waits for is queued:
+ * it runs g's own tasks that were added from jobs of the pool (newest first, so nested
+ * groups on one pool, even of one worker, finish at any depth), and while tasks added from
+ * outside the pool are in flight it runs any queued job of the pool (nested at most 4 deep
+ * per thread). Thread-safe; several threads may wait. */
+CREW_EXPORT int crew_group_wait(crew_group *g, int64_t deadline, crew_ctx *ctx);
+
+/* The group's result so far: 0, or the first error (fail-fast: the first in time; with
+ * all_errors: the failed task with the lowest index). Never blocks; thread-safe. */
+CREW_EXPORT int crew_group_err(const crew_group *g);
+
+/* Tasks accepted and not yet finished (a snapshot). Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_group_active(const crew_group *g);
+
+/* The ctx tasks receive. It stays g's: do not release it. Cancelling it stops the group as
+ * a first error would. Thread-safe. */
+CREW_EXPORT crew_ctx *crew_group_ctx(crew_group *g);
+
+/* Changes the limit (0 = none); blocked go calls take the new room at once. Tasks already in
+ * flight above a lowered limit run on. Returns 0, or CREW_EINVAL (g NULL). Thread-safe. */
+CREW_EXPORT int crew_group_set_limit(crew_group *g, unsigned limit);
+
+/* Copies into out the first n (at most) failed tasks, by increasing index, and returns how
+ * many there are: with all_errors every failed task, otherwise only the one whose error
+ * failed the group (0 or 1). out may be NULL when n is 0. Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_group_errors(crew_group *g, crew_group_error *out, size_t n);
 
 /* ---------------------------------------------------------------------------------------
  * Semaphores (crew_sem): counting and weighted, FIFO
  * ------------------------------------------------------------------------------------- */
 
-/* (the sem section) */
+/* A semaphore of `size` units. A counting semaphore acquires and releases 1 at a time; a
+ * weighted one n at a time (a job that needs 4 GiB of a 16 GiB budget takes 4 of 16).
+ * Requests are served in FIFO order: while one is queued, later ones queue behind it even
+ * if they would fit, so a large request is never starved by a stream of small ones. A unit
+ * is not owned by a thread: any thread may release what another acquired. */
+typedef struct crew_sem crew_sem;
+
+/* A semaphore with size units (size >= 1), all free. Returns 0, CREW_EINVAL (out NULL or
+ * size < 1) or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_create(crew_sem **out, int64_t size);
+
+/* Frees s. No thread may be waiting on it (units still held are simply forgotten). NULL is
+ * ignored. */
+CREW_EXPORT void crew_sem_destroy(crew_sem *s);
+
+/* Acquires n units (1 <= n <= size). Takes them at once if n are free and nobody is queued;
+ * otherwise blocks in FIFO order until they are granted, until deadline, or until ctx (may
+ * be NULL) is done. Returns 0 (the caller holds n units), CREW_EINVAL (n < 1 or n > size:
+ * such a request could never be served, so it is refused instead of blocking forever),
+ * CREW_EAGAIN (not available at once, and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, or ctx's error (also when ctx is done before the call). On failure
+ * nothing is held, and a waiter that gives up lets the requests behind it proceed. A grant
+ * that races with the deadline or a cancel wins: the call then returns 0. The uncontended
+ * path is one atomic compare-and-swap. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_acquire(crew_sem *s, int64_t n, int64_t deadline,
+                                                  crew_ctx *ctx);
+
+/* crew_sem_acquire(s, n, CREW_NOW, NULL): takes n units if they are free and nobody is
+ * queued, else returns CREW_EAGAIN (or CREW_EINVAL for a bad n). Never blocks. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_sem_try_acquire(crew_sem *s, int64_t n);
+
+/* Gives back n units (n >= 1) and grants queued requests that now fit, oldest first.
+ * Returns 0, CREW_EINVAL (n < 1), or CREW_ERANGE if fewer than n units are held (more would
+ * be free than size): then nothing changes. Never blocks (it may wake waiters).
+ * Thread-safe; callable from a job and from an on-cancel hook. */
+CREW_EXPORT int crew_sem_release(crew_sem *s, int64_t n);
+
+/* Units free now (a snapshot). While requests are queued, free units may exist that a new
+ * request still cannot take (they wait for the head). Never blocks; thread-safe. */
+CREW_EXPORT int64_t crew_sem_available(const crew_sem *s);
+
+/* Threads queued in crew_sem_acquire now (a snapshot). Never blocks; thread-safe. */
+CREW_EXPORT size_t crew_sem_waiters(const crew_sem *s);
 
 /* ---------------------------------------------------------------------------------------
  * Rate limiter (crew_rate): a token bucket
  * ------------------------------------------------------------------------------------- */
 
-/* (the rate section) */
+/* A token bucket, like golang.org/x/time/rate: it holds up to `burst` tokens, refills at a
+ * rate in tokens per second, and starts full. Each event takes a token (or n): allow takes
+ * it only if it is there now, reserve takes it now and says how long to wait before acting,
+ * and wait sleeps until it is due. Tokens taken ahead of time are due one after another in
+ * the order they were taken. The _n forms take n tokens at once (1 <= n <= burst), and
+ * allow_n and reserve_n take the current instant (crew_now()) as an argument, as Go's
+ * AllowN and ReserveN do: another instant serves simulations and tests; an instant earlier
+ * than one the limiter has already seen counts as that one. Every function is thread-safe
+ * and callable from a job; none holds a lock while sleeping. */
+typedef struct crew_rate crew_rate;
+
+/* A rate of tokens per second that means "no limit": every call succeeds at once. */
+#if defined(__GNUC__)
+#define CREW_RATE_INF __builtin_inf()
+#else
+#define CREW_RATE_INF (1e308 * 10.0)
+#endif
+
+/* A limiter of per_sec tokens per second (0: no refill at all, so only the first burst
+ * tokens are ever given until crew_rate_set; CREW_RATE_INF: unlimited) whose bucket holds
+ * burst tokens (1 <= burst <= 2^53) and starts full. Returns 0, CREW_EINVAL (out NULL,
+ * per_sec negative or NaN, burst out of range) or CREW_ENOMEM. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_rate_create(crew_rate **out, double per_sec, int64_t burst);
+
+/* Frees r. No thread may be waiting on it. NULL is ignored. */
+CREW_EXPORT void crew_rate_destroy(crew_rate *r);
+
+/* Takes n tokens at instant now if the bucket holds them, and says whether it did. False,
+ * taking nothing, when it does not, when tokens are owed to earlier reservations, or when
+ * n < 1 or n > burst. With CREW_RATE_INF: true for any n >= 1. Never blocks. */
+CREW_EXPORT bool crew_rate_allow_n(crew_rate *r, int64_t n, int64_t now);
+
+/* crew_rate_allow_n(r, 1, crew_now()): take a token now or say no. */
+CREW_EXPORT bool crew_rate_allow(crew_rate *r);
+
+/* Takes n tokens at instant now, even ahead of time, and returns the nanoseconds from now
+ * until they are due (0: act now); the caller is expected to wait that long before acting.
+ * Returns CREW_EINVAL (n < 1 or n > burst) or CREW_EAGAIN (the rate is 0, so they would
+ * never be due) without taking anything. With CREW_RATE_INF: 0. Never blocks. */
+CREW_EXPORT int64_t crew_rate_reserve_n(crew_rate *r, int64_t n, int64_t now);
+
+/* crew_rate_reserve_n(r, 1, crew_now()): never fails unless the rate is 0 (CREW_EAGAIN). */
+CREW_EXPORT int64_t crew_rate_reserve(crew_rate *r);
+
+/* Takes n tokens, sleeping until they are due, until deadline, or until ctx (may be NULL)
+ * is done. If they cannot be due before deadline (or before ctx's deadline), it fails at
+ * once and takes nothing, as x/time/rate does. While it sleeps, a crew_rate_set re-plans
+ * its wake-up at the new rate, keeping its place in line; if that moves it past the
+ * deadline, it ends then with CREW_ETIMEDOUT. Returns 0 (the tokens are spent: act now),
+ * CREW_EINVAL (n < 1 or n > burst), CREW_EAGAIN (not available now, and deadline is
+ * CREW_NOW or already past), CREW_ETIMEDOUT, or ctx's error (also when ctx is done before
+ * the call). A wait that fails gives back the tokens nobody reserved after it. Costs a
+ * lock and a clock read when no sleep is needed; with CREW_RATE_INF, one atomic load.
+ * Blocks until the tokens are due or the deadline; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_rate_wait_n(crew_rate *r, int64_t n, int64_t deadline,
+                                                  crew_ctx *ctx);
+
+/* crew_rate_wait_n(r, 1, deadline, ctx). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_rate_wait(crew_rate *r, int64_t deadline, crew_ctx *ctx);
+
+/* Changes the rate and the burst from now on (as crew_rate_create takes them). Tokens
+ * accrued so far stay, capped at the new burst; coming back from CREW_RATE_INF the bucket
+ * is full. Sleeping waiters re-plan at once. Returns 0 or CREW_EINVAL (then nothing
+ * changes). Never blocks. */
+CREW_EXPORT int crew_rate_set(crew_rate *r, double per_sec, int64_t burst);
+
+/* The tokens in the bucket now: fractional while refilling, negative while tokens are owed
+ * to reservations; CREW_RATE_INF when unlimited. Never blocks. */
+CREW_EXPORT double crew_rate_tokens(crew_rate *r);
+
+/* Threads sleeping in crew_rate_wait now (a snapshot). Never blocks. */
+CREW_EXPORT size_t crew_rate_waiters(const crew_rate *r);
 
 /* ---------------------------------------------------------------------------------------
  * Retry (crew_retry): attempts, exponential backoff with full jitter
  * ------------------------------------------------------------------------------------- */
 
-/* (the retry section) */
+/* Says whether err, the error of a failed try, is worth another try. */
+typedef bool (*crew_retry_pred)(int err, void *arg);
+
+/* A retry policy. The zero value is the default: 3 tries, backoff ceilings of 100 ms,
+ * 200 ms, 400 ms ... up to 30 s, full jitter, every error retried except the ctx's own. */
+typedef struct crew_retry {
+    unsigned attempts;         /* tries in all, the first included; 0 = 3 */
+    int64_t base;              /* ceiling of the first backoff, ns; 0 = 100 ms */
+    int64_t cap;               /* the largest ceiling, ns; 0 = 30 s */
+    double factor;             /* growth of the ceiling per retry (>= 1); 0 = 2 */
+    bool no_jitter;            /* sleep the ceiling itself; by default (full jitter) sleep a
+                                  uniform random time in [0, ceiling] */
+    crew_retry_pred retryable; /* NULL = every error, except CREW_ECANCELED and
+                                  CREW_ETIMEDOUT once the ctx is done (they are its own) */
+    void *pred_arg;            /* passed to retryable */
+} crew_retry;
+
+/* Runs fn(ctx, arg) until it returns 0, or returns an error that policy->retryable (or the
+ * default) refuses, or the attempts are spent, or ctx (may be NULL) ends it. Between tries
+ * it sleeps crew_retry_delay(policy, k, ...) before retry k (1, 2, ...); the sleep ends early
+ * when ctx is done. When the next try would come after ctx's deadline it gives up at once
+ * rather than sleep in vain. policy NULL means the defaults. If tries is not NULL, *tries
+ * receives the number of calls of fn. Returns 0 (fn succeeded), fn's last error (refused,
+ * attempts spent, or ctx's deadline too near for another try), ctx's error (ctx done before
+ * the first try, during a backoff, or after a failed try), or CREW_EINVAL (fn NULL, or a
+ * policy with a negative base or cap, or a factor below 1 or not a number: then fn is never
+ * called). Blocks: for fn's runs and the backoffs. Thread-safe; callable from a job (the
+ * backoff then holds the worker). */
+CREW_EXPORT int crew_retry_do(const crew_retry *policy, crew_job_fn fn, void *arg, crew_ctx *ctx,
+                              unsigned *tries);
+
+/* The backoff before retry number attempt (1 for the one after the first try; 0 gives 0):
+ * its ceiling is min(cap, base * factor^(attempt-1)), computed without overflow for any
+ * attempt; with no_jitter the delay is the ceiling, otherwise uniform in [0, ceiling], drawn
+ * from *rng_state (any value; the caller owns it, so concurrent callers each keep their
+ * own; NULL uses a per-thread state). Returns the delay in ns, or CREW_EINVAL for a policy
+ * crew_retry_do() refuses. policy NULL means the defaults. Never blocks; thread-safe. */
+CREW_EXPORT int64_t crew_retry_delay(const crew_retry *policy, unsigned attempt,
+                                     uint64_t *rng_state);
 
 /* ---------------------------------------------------------------------------------------
  * Ordered results (crew_order): completions emitted in submission order

@@ -137,8 +137,8 @@ int crew_duration_parse(const char *s, int64_t *out)
 /* ---- ticks ---------------------------------------------------------------------------- */
 
 static pthread_once_t tick_once = PTHREAD_ONCE_INIT;
-static _Atomic bool tick_tsc;   /* the TSC is invariant: ticks are TSC counts */
-static double tick_ns_per_tick; /* set once by calibrate() */
+_Atomic bool crew__tick_tsc;   /* the TSC is invariant: ticks are TSC counts */
+double crew__tick_scale = 1.0; /* ns per tick: set once by calibrate(), before the flag */
 
 #ifdef CREW__HAVE_TSC
 static bool tsc_invariant(void)
@@ -153,7 +153,6 @@ static bool tsc_invariant(void)
 
 static void calibrate(void)
 {
-    tick_ns_per_tick = 1.0;
 #ifdef CREW__HAVE_TSC
     if (!tsc_invariant())
         return;
@@ -165,33 +164,16 @@ static void calibrate(void)
         ;
     uint64_t c1 = __rdtsc();
     if (c1 > c0) {
-        tick_ns_per_tick = (double)(t1 - t0) / (double)(c1 - c0);
-        atomic_store_explicit(&tick_tsc, true, memory_order_release);
+        crew__tick_scale = (double)(t1 - t0) / (double)(c1 - c0);
+        atomic_store_explicit(&crew__tick_tsc, true, memory_order_release);
     }
 #endif
-}
-
-uint64_t crew__ticks(void)
-{
-#ifdef CREW__HAVE_TSC
-    if (crew__likely(atomic_load_explicit(&tick_tsc, memory_order_relaxed)))
-        return __rdtsc();
-#endif
-    return (uint64_t)crew_now();
-}
-
-int64_t crew__ticks_to_ns(uint64_t dticks)
-{
-    pthread_once(&tick_once, calibrate);
-    if ((int64_t)dticks < 0) /* a reading from another core slightly behind: clamp */
-        return 0;
-    return (int64_t)((double)dticks * tick_ns_per_tick);
 }
 
 uint64_t crew__ns_to_ticks(int64_t ns)
 {
     pthread_once(&tick_once, calibrate);
-    return ns <= 0 ? 0 : (uint64_t)((double)ns / tick_ns_per_tick);
+    return ns <= 0 ? 0 : (uint64_t)((double)ns / crew__tick_scale);
 }
 
 void crew__ticks_init(void)

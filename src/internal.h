@@ -59,9 +59,29 @@ CREW_EXPORT uint64_t crew__test_alloc_count(void);
 /* ---- clock ---------------------------------------------------------------------------- */
 
 /* Cheap timestamps for metrics: the TSC where it is invariant, else crew_now(). Convert a
- * difference of ticks to nanoseconds with crew__ticks_to_ns. */
-uint64_t crew__ticks(void);
-int64_t crew__ticks_to_ns(uint64_t dticks);
+ * difference of ticks to nanoseconds with crew__ticks_to_ns. Both are inline: the pool
+ * takes a tick and converts two differences per job. */
+extern _Atomic bool crew__tick_tsc; /* set once, after crew__tick_scale */
+extern double crew__tick_scale;     /* ns per tick; 1.0 until calibrated */
+
+static inline uint64_t crew__ticks(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_expect(atomic_load_explicit(&crew__tick_tsc, memory_order_relaxed), 1))
+        return __builtin_ia32_rdtsc();
+#endif
+    return (uint64_t)crew_now();
+}
+
+/* A difference of ticks in ns; a negative one (a reading from another core slightly
+ * behind) clamps to 0. Ticks taken after crew__ticks_init() convert exactly; before it,
+ * ticks are nanoseconds and the scale is 1. */
+static inline int64_t crew__ticks_to_ns(uint64_t dticks)
+{
+    if ((int64_t)dticks < 0)
+        return 0;
+    return (int64_t)((double)dticks * crew__tick_scale);
+}
 uint64_t crew__ns_to_ticks(int64_t ns);
 /* Calibrates the ticks once. Call it before taking ticks that will be compared (pool
  * creation does), so that no pair straddles the switch from nanoseconds to TSC counts. */

@@ -629,6 +629,7 @@ static void fill_stats(crew_stats *a, crew_stats *b, int64_t *avals, size_t *na)
     a->failed = 2;
     a->cancelled = 1;
     a->timed_out = 1;
+    a->retried = 4;
     a->queued = 1;
     a->running = 0;
     a->workers = 4;
@@ -640,6 +641,7 @@ static void fill_stats(crew_stats *a, crew_stats *b, int64_t *avals, size_t *na)
     b->failed = 5;
     b->cancelled = 6;
     b->timed_out = 7;
+    b->retried = 11;
     b->queued = 8;
     b->running = 9;
     b->workers = 11;
@@ -687,21 +689,28 @@ static void test_prometheus_roundtrip(void **state)
 
     /* Every family declared once, in this order, with its type. */
     static const char *const fams[][2] = {
-        {"crew_jobs_submitted_total", "counter"}, {"crew_jobs_rejected_total", "counter"},
-        {"crew_jobs_started_total", "counter"},   {"crew_jobs_succeeded_total", "counter"},
-        {"crew_jobs_failed_total", "counter"},    {"crew_jobs_cancelled_total", "counter"},
-        {"crew_jobs_timed_out_total", "counter"}, {"crew_queue_depth", "gauge"},
-        {"crew_busy_workers", "gauge"},           {"crew_live_workers", "gauge"},
-        {"crew_queue_wait_seconds", "histogram"}, {"crew_run_seconds", "histogram"},
+        {"crew_jobs_submitted_total", "counter"},
+        {"crew_jobs_rejected_total", "counter"},
+        {"crew_jobs_started_total", "counter"},
+        {"crew_jobs_succeeded_total", "counter"},
+        {"crew_jobs_failed_total", "counter"},
+        {"crew_jobs_cancelled_total", "counter"},
+        {"crew_jobs_timed_out_total", "counter"},
+        {"crew_jobs_retried_total", "counter"},
+        {"crew_queue_depth", "gauge"},
+        {"crew_busy_workers", "gauge"},
+        {"crew_live_workers", "gauge"},
+        {"crew_queue_wait_seconds", "histogram"},
+        {"crew_run_seconds", "histogram"},
     };
-    assert_int_equal(x->nfam, 12);
-    for (int i = 0; i < 12; i++) {
+    assert_int_equal(x->nfam, 13);
+    for (int i = 0; i < 13; i++) {
         assert_string_equal(x->fam[i], fams[i][0]);
         assert_string_equal(x->type[i], fams[i][1]);
         assert_true(x->helped[i]);
     }
-    /* 10 scalar families and 2 histograms of 34 lines, for each of 2 pools. */
-    assert_int_equal(x->n, 2 * (10 + 2 * 34));
+    /* 11 scalar families and 2 histograms of 34 lines, for each of 2 pools. */
+    assert_int_equal(x->n, 2 * (11 + 2 * 34));
 
     const crew_stats *ps[] = {a, b};
     for (int i = 0; i < 2; i++) {
@@ -714,6 +723,7 @@ static void test_prometheus_roundtrip(void **state)
         expect_u64(x, "crew_jobs_failed_total", pool, NULL, s->failed);
         expect_u64(x, "crew_jobs_cancelled_total", pool, NULL, s->cancelled);
         expect_u64(x, "crew_jobs_timed_out_total", pool, NULL, s->timed_out);
+        expect_u64(x, "crew_jobs_retried_total", pool, NULL, s->retried);
         expect_u64(x, "crew_queue_depth", pool, NULL, s->queued);
         expect_u64(x, "crew_busy_workers", pool, NULL, s->running);
         expect_u64(x, "crew_live_workers", pool, NULL, s->workers);
@@ -779,7 +789,7 @@ static void test_prometheus_names(void **state)
     text = write_to_string(NULL, 0, &rc);
     assert_int_equal(rc, 0);
     parse_exposition(text, x);
-    assert_int_equal(x->nfam, 12);
+    assert_int_equal(x->nfam, 13);
     assert_int_equal(x->n, 0);
     free(text);
 

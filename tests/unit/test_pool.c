@@ -1261,6 +1261,196 @@ static void test_no_alloc_per_job(void **state)
     crew_ctx_release(pin);
 }
 
+/* ---- retry policies ------------------------------------------------------------------- */
+
+/* Fails until its counter reaches the target, then succeeds; counts its calls. */
+typedef struct flaky {
+    _Atomic int calls;
+    int succeed_at; /* the call that succeeds (1-based); 0 = never */
+    int err;        /* what the failing calls return */
+} flaky;
+
+static int flaky_job(crew_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    flaky *f = arg;
+    int n = atomic_fetch_add(&f->calls, 1) + 1;
+    return f->succeed_at && n >= f->succeed_at ? 0 : f->err;
+}
+
+static bool no_eio(int err, void *arg)
+{
+    (void)arg;
+    return err != -EIO;
+}
+
+static void test_retry_job_option(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 16}), 0);
+    const crew_retry quick = {.attempts = 4, .base = CREW_USEC, .cap = 10 * CREW_USEC};
+
+    /* Succeeds on its third try: one start, two retries, the future says 0. */
+    flaky ok = {.succeed_at = 3, .err = -EAGAIN};
+    crew_future *f;
+    assert_int_equal(crew_pool_submit_job(p,
+                                          &(crew_job){.fn = flaky_job, .arg = &ok, .retry = &quick},
+                                          &f, CREW_FOREVER, NULL),
+                     0);
+    assert_int_equal(crew_future_wait(f, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_err(f), 0);
+    assert_int_equal(atomic_load(&ok.calls), 3);
+    crew_future_release(f);
+
+    /* Never succeeds: all four tries, the last error is the result. */
+    flaky bad = {.succeed_at = 0, .err = -EAGAIN};
+    assert_int_equal(
+        crew_pool_submit_job(p, &(crew_job){.fn = flaky_job, .arg = &bad, .retry = &quick}, &f,
+                             CREW_FOREVER, NULL),
+        0);
+    assert_int_equal(crew_future_wait(f, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_err(f), -EAGAIN);
+    assert_int_equal(atomic_load(&bad.calls), 4);
+    crew_future_release(f);
+
+    /* The predicate refuses: one try. */
+    flaky refused = {.succeed_at = 0, .err = -EIO};
+    crew_retry picky = quick;
+    picky.retryable = no_eio;
+    assert_int_equal(
+        crew_pool_submit_job(p, &(crew_job){.fn = flaky_job, .arg = &refused, .retry = &picky}, &f,
+                             CREW_FOREVER, NULL),
+        0);
+    assert_int_equal(crew_future_wait(f, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_future_err(f), -EIO);
+    assert_int_equal(atomic_load(&refused.calls), 1);
+    crew_future_release(f);
+
+    /* A policy crew_retry_do would refuse is refused at submit, and nothing runs. */
+    const crew_retry broken = {.factor = 0.5};
+    flaky never = {.succeed_at = 1};
+    assert_int_equal(
+        crew_pool_submit_job(p, &(crew_job){.fn = flaky_job, .arg = &never, .retry = &broken}, NULL,
+                             CREW_FOREVER, NULL),
+        CREW_EINVAL);
+
+    assert_int_equal(crew_pool_close(p), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_stats st;
+    crew_pool_stats(p, &st);
+    assert_int_equal(st.started, 3);
+    assert_int_equal(st.retried, 2 + 3);
+    assert_int_equal(st.succeeded, 1);
+    assert_int_equal(st.failed, 2);
+    assert_int_equal(atomic_load(&never.calls), 0);
+    crew_pool_destroy(p);
+}
+
+static void test_retry_pool_default(void **state)
+{
+    (void)state;
+    const crew_retry twice = {.attempts = 2, .base = CREW_USEC, .no_jitter = true};
+    const crew_retry broken = {.base = -1};
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .retry = &broken}),
+                     CREW_EINVAL);
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8, .retry = &twice}), 0);
+    flaky f1 = {.succeed_at = 2, .err = -EAGAIN}, f2 = {.succeed_at = 0, .err = -EAGAIN};
+    assert_int_equal(crew_pool_submit(p, flaky_job, &f1, CREW_FOREVER, NULL), 0);
+    assert_int_equal(crew_pool_submit(p, flaky_job, &f2, CREW_FOREVER, NULL), 0);
+    /* A job's own policy overrides the pool's: one try. */
+    flaky f3 = {.succeed_at = 0, .err = -EAGAIN};
+    const crew_retry once = {.attempts = 1};
+    assert_int_equal(crew_pool_submit_job(p,
+                                          &(crew_job){.fn = flaky_job, .arg = &f3, .retry = &once},
+                                          NULL, CREW_FOREVER, NULL),
+                     0);
+    assert_int_equal(crew_pool_close(p), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&f1.calls), 2);
+    assert_int_equal(atomic_load(&f2.calls), 2);
+    assert_int_equal(atomic_load(&f3.calls), 1);
+    crew_stats st;
+    crew_pool_stats(p, &st);
+    assert_int_equal(st.retried, 2);
+    assert_int_equal(st.succeeded, 1);
+    assert_int_equal(st.failed, 2);
+    crew_pool_destroy(p);
+}
+
+/* The run budget covers every try: a job retried with long backoffs ends at its budget
+ * with the budget's error, not after all its tries. */
+static void test_retry_under_budget(void **state)
+{
+    (void)state;
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 4}), 0);
+    const crew_retry slow = {.attempts = 1000, .base = CREW_SEC, .no_jitter = true};
+    flaky f = {.succeed_at = 0, .err = -EAGAIN};
+    crew_future *fut;
+    assert_int_equal(
+        crew_pool_submit_job(
+            p, &(crew_job){.fn = flaky_job, .arg = &f, .retry = &slow, .timeout = 20 * CREW_MSEC},
+            &fut, CREW_FOREVER, NULL),
+        0);
+    assert_int_equal(crew_future_wait(fut, CREW_FOREVER, NULL), 0);
+    /* Gave up: either the backoff was cut by the budget, or it saw the next try would come
+     * after the deadline and returned the try's error. Never all the tries. */
+    int err = crew_future_err(fut);
+    assert_true(err == CREW_ETIMEDOUT || err == -EAGAIN);
+    assert_true(atomic_load(&f.calls) < 1000);
+    crew_future_release(fut);
+    assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+    crew_pool_destroy(p);
+}
+
+/* ---- a start-rate cap ------------------------------------------------------------------ */
+
+static void test_rate_cap(void **state)
+{
+    (void)state;
+    /* No refill and a burst of 2: two jobs start, the third waits for its token, taken by
+     * the worker but not started, until the rate changes. */
+    crew_rate *r;
+    assert_int_equal(crew_rate_create(&r, 0, 2), 0);
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8, .rate = r}), 0);
+    atomic_store(&counter, 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    eventually(crew_rate_waiters(r) == 1);
+    assert_int_equal(atomic_load(&counter), 2);
+    crew_stats st;
+    crew_pool_stats(p, &st);
+    assert_int_equal(st.started, 2);
+    assert_int_equal(crew_rate_set(r, CREW_RATE_INF, 2), 0);
+    assert_int_equal(crew_pool_close(p), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    assert_int_equal(atomic_load(&counter), 4);
+    crew_pool_destroy(p);
+
+    /* A cancel ends the wait: the job held there and the one still queued are dropped. */
+    assert_int_equal(crew_rate_set(r, 0, 1), 0);
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 8, .rate = r}), 0);
+    atomic_store(&counter, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
+    eventually(crew_rate_waiters(r) == 1);
+    assert_int_equal(crew_pool_cancel(p, 0), 0);
+    assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
+    crew_pool_stats(p, &st);
+    assert_int_equal(atomic_load(&counter), 1);
+    assert_int_equal(st.started, 1);
+    assert_int_equal(st.cancelled, 2);
+    assert_int_equal(crew_rate_waiters(r), 0);
+    crew_pool_destroy(p);
+    crew_rate_destroy(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1299,6 +1489,10 @@ int main(void)
         leak_test(test_log),
         leak_test(test_stats_prometheus),
         leak_test(test_no_alloc_per_job),
+        leak_test(test_retry_job_option),
+        leak_test(test_retry_pool_default),
+        leak_test(test_retry_under_budget),
+        leak_test(test_rate_cap),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }
