@@ -15,8 +15,7 @@
  *   progress.c     --bar, --eta and the summary line
  *   json.c         --json objects (jansson)
  *   metrics_http.c --metrics (libmicrohttpd)
- *   pace.c         --rate, --delay, --memfree, --load, and retry backoff (to be swapped for
- *                  crew_rate and crew_retry once on main)
+ *   pace.c         --rate and --delay (crew_rate), --memfree, --load; size and rate parsing
  *
  * Threads: the main thread reads input and submits jobs to a crew_pool of -j workers; each
  * worker runs one job at a time, from spawn to printed output; the supervisor thread
@@ -392,9 +391,6 @@ void pace_fini(void);
 /* Before a start: waits for --memfree, --load, --rate and --delay. 0, or the ctx's error
  * when crew stops meanwhile. */
 int pace_wait(crew_ctx *stop);
-/* The delay before retry attempt n (1 = the first retry): full jitter over an exponential
- * backoff from base, capped. */
-int64_t retry_backoff(int64_t base, unsigned n);
 /* Parses "10", "10/s", "5/m", "100/h" into starts per second. 0 or -EINVAL. */
 int parse_rate(const char *s, double *out);
 /* Parses a size "1G", "500M", "64k", "1024" into bytes. 0 or -EINVAL. */

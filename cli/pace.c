@@ -6,16 +6,12 @@
  * re-read at most every ADMIT_CACHE, so a fast stream of jobs does not read /proc per job;
  * while a limit holds the worker re-checks every ADMIT_RETRY (the kernel offers no event
  * for "memory freed", so this is the one place crew polls). Start pacing (--rate N/s,
- * --delay DUR) is a single "next start" instant: each start takes the next free instant,
- * at least max(1/rate, delay) after the previous one, and sleeps until it; a token bucket
- * with a burst of one. Every sleep is crew_ctx_wait on crew's stop ctx, so a signal or a
- * --halt ends it at once.
+ * --delay DUR) is libcrew's token bucket (crew_rate) at max(1/rate, 1/delay) tokens per
+ * second with a burst of one: each start takes a token, sleeping until it is due. The
+ * pool's own rate option is not used because its wait is not cut short by crew stopping:
+ * here every sleep ends at once when the stop ctx is cancelled (a signal, --halt).
  *
- * Issue 3's crew_rate (a token bucket) and crew_retry (backoff with full jitter) replace
- * pace_start and retry_backoff once they are on main; this file keeps them behind the same
- * small interface meanwhile.
- *
- * Threads: any worker; one mutex guards the cache and the next start instant.
+ * Threads: any worker; one mutex guards the /proc cache; crew_rate is thread-safe.
  */
 #include "cli.h"
 
@@ -29,14 +25,12 @@
 
 #define ADMIT_CACHE (100 * CREW_MSEC) /* how long a /proc reading stays valid */
 #define ADMIT_RETRY (100 * CREW_MSEC) /* how often a held-back start re-checks */
-#define BACKOFF_CAP (30 * CREW_SEC)   /* the largest retry delay (unless the base is larger) */
 
 static struct {
     pthread_mutex_t lock; /* guards everything below */
     uint64_t memfree;     /* --memfree bytes, 0 = none */
     double load;          /* --load, < 0 = none */
-    int64_t interval;     /* least ns between two starts, 0 = none */
-    int64_t next_start;   /* the earliest instant the next start may take */
+    crew_rate *rate;      /* --rate/--delay start pacing, or NULL */
     int64_t read_at;      /* when mem_avail and runnable were read, or 0 */
     uint64_t mem_avail;   /* MemAvailable, bytes */
     double runnable;      /* runnable tasks, crew's reader excluded */
@@ -46,19 +40,19 @@ int pace_init(const opts *o)
 {
     pace.memfree = o->memfree;
     pace.load = o->load;
-    pace.interval = o->delay;
-    if (o->rate > 0) {
-        int64_t per = (int64_t)((double)CREW_SEC / o->rate);
-        if (per > pace.interval)
-            pace.interval = per;
-    }
-    pace.next_start = 0;
     pace.read_at = 0;
+    double per_sec = o->rate;
+    if (o->delay > 0 && (per_sec == 0 || (double)CREW_SEC / (double)o->delay < per_sec))
+        per_sec = (double)CREW_SEC / (double)o->delay;
+    if (per_sec > 0)
+        return crew_rate_create(&pace.rate, per_sec, 1);
     return 0;
 }
 
 void pace_fini(void)
 {
+    crew_rate_destroy(pace.rate);
+    pace.rate = NULL;
 }
 
 /* MemAvailable in bytes, or UINT64_MAX if unknown. */
@@ -106,7 +100,7 @@ static bool admitted(void)
 
 int pace_wait(crew_ctx *stop)
 {
-    if (pace.memfree == 0 && pace.load < 0 && pace.interval == 0)
+    if (pace.memfree == 0 && pace.load < 0 && !pace.rate)
         return 0;
     for (;;) {
         pthread_mutex_lock(&pace.lock);
@@ -117,41 +111,7 @@ int pace_wait(crew_ctx *stop)
         if (crew_ctx_wait(stop, crew_now() + ADMIT_RETRY) == 0)
             return CREW_ECANCELED;
     }
-    if (pace.interval == 0)
-        return 0;
-    pthread_mutex_lock(&pace.lock);
-    int64_t now = crew_now();
-    int64_t at = pace.next_start > now ? pace.next_start : now;
-    pace.next_start = at + pace.interval;
-    pthread_mutex_unlock(&pace.lock);
-    if (at > now && crew_ctx_wait(stop, at) == 0)
-        return CREW_ECANCELED;
-    return 0;
-}
-
-/* A per-thread xorshift64*: the jitter needs no quality beyond spreading retries. */
-static uint64_t rnd(void)
-{
-    static _Thread_local uint64_t x;
-    if (x == 0)
-        x = (uint64_t)crew_now() ^ ((uint64_t)(uintptr_t)&x << 17) ^ 0x9e3779b97f4a7c15ull;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    return x * 0x2545f4914f6cdd1dull;
-}
-
-int64_t retry_backoff(int64_t base, unsigned n)
-{
-    if (base <= 0)
-        return 0;
-    int64_t cap = base > BACKOFF_CAP ? base : BACKOFF_CAP;
-    int64_t d = base;
-    for (unsigned i = 1; i < n && d < cap; i++)
-        d = d > cap / 2 ? cap : d * 2;
-    if (d > cap)
-        d = cap;
-    return (int64_t)(rnd() % ((uint64_t)d + 1)); /* full jitter: uniform in [0, d] */
+    return pace.rate ? crew_rate_wait(pace.rate, CREW_FOREVER, stop) : 0;
 }
 
 int parse_rate(const char *s, double *out)

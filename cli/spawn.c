@@ -21,8 +21,8 @@
  *      if the group still has members, SIGTERM them and hand the group to the supervisor,
  *      which sends SIGKILL at the deadline. Members that left the group are found by the
  *      supervisor as orphans (crew is their subreaper).
- * A failed attempt is retried up to --retries times after a backoff (full jitter); the
- * wait is cancellable by crew stopping.
+ * A failed attempt is retried up to --retries times by libcrew's crew_retry_do, after a
+ * backoff with full jitter; the backoff ends, and no further try starts, once crew stops.
  *
  * Threads: a slot is written by its worker; pid, seq and req are atomics read by the
  * supervisor and the ctx hooks, which only ever raise req and write the eventfd.
@@ -397,6 +397,31 @@ out:
 
 /* ---- the pool job ---------------------------------------------------------------------- */
 
+/* What one try of a job needs (crew_retry_do passes it to try_job). */
+typedef struct attempt {
+    run *r;             /* the run */
+    slot *s;            /* the worker's slot */
+    job *j;             /* the job */
+    crew_ctx *pool_ctx; /* the pool's ctx: cancelled to terminate every job */
+} attempt;
+
+/* One try, as a crew_job_fn for crew_retry_do: 0 if the job succeeded, CREW_ECHILD if it
+ * failed (a retry may follow), or the stop ctx's error if crew stopped before it started. */
+static int try_job(crew_ctx *stop, void *arg)
+{
+    attempt *a = arg;
+    int rc = pace_wait(stop);
+    if (rc)
+        return rc;
+    if (a->j->attempts++ == 0)
+        atomic_fetch_add(&a->r->nstarted, 1);
+    else
+        atomic_fetch_add(&a->r->nretried, 1);
+    run_attempt(a->r, a->s, a->j, a->pool_ctx);
+    a->j->state = a->j->exit_code == 0 && !a->j->timed_out ? JOB_OK : JOB_FAILED;
+    return a->j->state == JOB_OK ? 0 : CREW_ECHILD;
+}
+
 int job_run(crew_ctx *ctx, void *arg)
 {
     run *r = g_run;
@@ -409,26 +434,18 @@ int job_run(crew_ctx *ctx, void *arg)
     j->errp = &s->err;
     outbuf_reset(&s->out);
     outbuf_reset(&s->err);
-    for (unsigned attempt = 1;; attempt++) {
-        if (attempt > 1 && o->retry_delay > 0) {
-            int64_t until = crew_now() + retry_backoff(o->retry_delay, attempt - 1);
-            crew_ctx_wait(r->stop, until);
-        }
-        if (crew_ctx_done(r->stop) || pace_wait(r->stop)) {
-            if (attempt == 1)
-                j->state = JOB_SKIPPED;
-            break;
-        }
-        if (attempt == 1)
-            atomic_fetch_add(&r->nstarted, 1);
-        else
-            atomic_fetch_add(&r->nretried, 1);
-        run_attempt(r, s, j, ctx);
-        j->attempts = attempt;
-        j->state = j->exit_code == 0 && !j->timed_out ? JOB_OK : JOB_FAILED;
-        if (j->state == JOB_OK || attempt > o->retries || crew_ctx_done(ctx))
-            break;
-    }
+    /* --retries: libcrew's retry loop, full jitter over base * 2^(n-1), capped at 30 s (or
+     * the base). Its backoff sleeps end when crew stops (the stop ctx), and it gives up once
+     * the stop ctx is done. A base of 0 means no wait (crew_retry's 0 means its default). */
+    crew_retry policy = {
+        .attempts = o->retries + 1,
+        .base = o->retry_delay > 0 ? o->retry_delay : 1,
+        .cap = o->retry_delay > 30 * CREW_SEC ? o->retry_delay : 30 * CREW_SEC,
+    };
+    attempt a = {.r = r, .s = s, .j = j, .pool_ctx = ctx};
+    crew_retry_do(&policy, try_job, &a, r->stop, NULL);
+    if (j->attempts == 0)
+        j->state = JOB_SKIPPED;
     job_finish(r, j);
     outbuf_reset(&s->out);
     outbuf_reset(&s->err);
