@@ -319,8 +319,11 @@ void output_emit(run *r, job *j);
 void output_wake(void);
 /* --line-buffer: prints the complete lines of b now (tagged), keeping the rest in b. */
 int output_lines(run *r, const job *j, outbuf *b, int fd, bool final);
-/* Writes all of buf to fd under the output lock. 0 or -errno. */
+/* Writes all of buf to fd (no lock). 0 or -errno. */
 int write_all(int fd, const void *buf, size_t n);
+/* The lock that orders output (for the progress ticker). */
+void output_lock(void);
+void output_unlock(void);
 
 /* ---- the ordered window (-k) ------------------------------------------------------- */
 
@@ -367,6 +370,9 @@ void joblog_close(void);
 
 /* Draws --bar / --eta (final: the last time). Called by the supervisor's ticker. */
 void progress_draw(run *r, bool final);
+/* Takes the bar off the terminal before other output; true if it was there (then draw it
+ * again after). */
+bool progress_hide(void);
 /* Prints the summary line on stderr. */
 void progress_summary(run *r);
 /* Formats ns as "1.23s", "2m03s", "1h02m". */

@@ -47,7 +47,10 @@ void msg(const char *fmt, ...)
         (size_t)n +
         ((size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2);
     line[len++] = '\n';
+    bool bar = progress_hide();
     write_all(2, line, len);
+    if (bar && g_run)
+        progress_draw(g_run, false);
 }
 
 uint64_t run_total(run *r)

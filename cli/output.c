@@ -14,9 +14,9 @@
  * If stdout's reader goes away (EPIPE; SIGPIPE is ignored so crew can finish cleanly),
  * crew stops starting jobs, terminates the running ones and prints nothing more.
  *
- * Locks: out_lock (grouped and line modes) and the window's lock (-k) are never held
- * together; park_mem, spill_fd, spill_end and parked are only touched under the window's
- * lock.
+ * Locks, in order: the window's lock (-k), out_lock (every print, and the progress ticker),
+ * then progress.c's. park_mem, spill_fd, spill_end and parked are only touched under the
+ * window's lock.
  */
 #include "cli.h"
 
@@ -92,11 +92,32 @@ static void print_job(run *r, job *j)
         put_stream(r, j, j->errp, 2);
 }
 
-/* -k: the window's emit callback. */
+/* Prints j with the progress bar out of the way (under out_lock). */
+static void print_clear(run *r, job *j)
+{
+    bool bar = progress_hide();
+    print_job(r, j);
+    if (bar)
+        progress_draw(r, false);
+}
+
+void output_lock(void)
+{
+    pthread_mutex_lock(&out_lock);
+}
+
+void output_unlock(void)
+{
+    pthread_mutex_unlock(&out_lock);
+}
+
+/* -k: the window's emit callback (under the window's lock, then out_lock). */
 static void emit_ordered(void *arg, job *j)
 {
     run *r = arg;
-    print_job(r, j);
+    pthread_mutex_lock(&out_lock);
+    print_clear(r, j);
+    pthread_mutex_unlock(&out_lock);
     if (j->outp == &j->out) {
         /* It was parked: give back its memory, and the spill file once nobody is in it. */
         park_mem += (j->out.fd < 0 ? j->out.len : 0) + (j->err.fd < 0 ? j->err.len : 0);
@@ -165,7 +186,7 @@ void output_emit(run *r, job *j)
         return;
     }
     pthread_mutex_lock(&out_lock);
-    print_job(r, j);
+    print_clear(r, j);
     pthread_mutex_unlock(&out_lock);
     job_free(j);
 }
@@ -183,8 +204,11 @@ int output_lines(run *r, const job *j, outbuf *b, int fd, bool final)
     outbuf head = {.mem = b->mem, .len = n, .cap = n, .fd = -1};
     int rc = 0;
     pthread_mutex_lock(&out_lock);
+    bool bar = progress_hide();
     if (!atomic_load(&r->out_broken))
         rc = put_stream(r, j, &head, fd);
+    if (bar)
+        progress_draw(r, false);
     pthread_mutex_unlock(&out_lock);
     if (fd == 1)
         broken(r, rc);

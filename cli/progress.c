@@ -11,16 +11,26 @@
  * The summary line ("crew: 98 ok, 2 failed (1 timed out), 3 retried, 0 not started,
  * 2.31s") is printed once at the end unless -q.
  *
+ * On a terminal the bar shares stderr with the jobs' output and crew's notices: whoever
+ * prints hides it first (progress_hide) and draws it again after, so output never lands on
+ * the bar's line. prog_lock serialises drawing and hiding; the supervisor draws its ticks
+ * under the output lock, so a tick cannot fall between a hide and the output it makes room
+ * for.
+ *
  * Threads: the supervisor draws while workers count; everything read here is an atomic
  * counter of struct run, so a line may be a moment stale, never torn.
  */
 #include "cli.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #define BAR_WIDTH 30 /* characters of the bar itself */
+
+static pthread_mutex_t prog_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool visible; /* a bar or ETA line is on the terminal now: under prog_lock */
 
 void format_duration(char *buf, size_t n, int64_t ns)
 {
@@ -70,8 +80,23 @@ void progress_draw(run *r, bool final)
         n = snprintf(line, sizeof line, "%sETA: %s Left: %s AVG: %s%s", tty ? "\r\033[K" : "", eta,
                      lft, avg, !tty || final ? "\n" : "");
     }
-    if (n > 0)
-        write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    if (n <= 0)
+        return;
+    pthread_mutex_lock(&prog_lock);
+    write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    visible = tty && !final;
+    pthread_mutex_unlock(&prog_lock);
+}
+
+bool progress_hide(void)
+{
+    pthread_mutex_lock(&prog_lock);
+    bool was = visible;
+    if (visible)
+        write_all(2, "\r\033[K", 4);
+    visible = false;
+    pthread_mutex_unlock(&prog_lock);
+    return was;
 }
 
 void progress_summary(run *r)

@@ -413,13 +413,26 @@ static int try_job(crew_ctx *stop, void *arg)
     int rc = pace_wait(stop);
     if (rc)
         return rc;
-    if (a->j->attempts++ == 0)
+    job *j = a->j;
+    if (j->attempts++ == 0) {
         atomic_fetch_add(&a->r->nstarted, 1);
-    else
+    } else {
         atomic_fetch_add(&a->r->nretried, 1);
-    run_attempt(a->r, a->s, a->j, a->pool_ctx);
-    a->j->state = a->j->exit_code == 0 && !a->j->timed_out ? JOB_OK : JOB_FAILED;
-    return a->j->state == JOB_OK ? 0 : CREW_ECHILD;
+        if (!a->r->o->quiet && !a->r->o->json) {
+            char why[48];
+            if (j->timed_out)
+                snprintf(why, sizeof why, "timed out");
+            else if (j->sig)
+                snprintf(why, sizeof why, "was killed by signal %d", j->sig);
+            else
+                snprintf(why, sizeof why, "exited with %d", j->exit_code);
+            msg("job %llu %s: try %u of %u", (unsigned long long)j->seq, why, j->attempts,
+                a->r->o->retries + 1);
+        }
+    }
+    run_attempt(a->r, a->s, j, a->pool_ctx);
+    j->state = j->exit_code == 0 && !j->timed_out ? JOB_OK : JOB_FAILED;
+    return j->state == JOB_OK ? 0 : CREW_ECHILD;
 }
 
 int job_run(crew_ctx *ctx, void *arg)

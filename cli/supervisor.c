@@ -410,7 +410,9 @@ static void *supervise(void *arg)
         }
         int64_t next = kill_due();
         if (sup.next_tick >= 0 && crew_now() >= sup.next_tick) {
+            output_lock();
             progress_draw(r, false);
+            output_unlock();
             sup.next_tick = crew_now() + period;
         }
         if (atomic_load(&sup.quit))
