@@ -31,7 +31,7 @@ static const char usage_text[] =
     "  :::: FILE...           arguments from each FILE, combined as ::: groups are\n"
     "  -0, --null             arguments end with NUL, not newline\n"
     "  -d, --delimiter C      arguments end with the character C (\\n, \\t, \\0 allowed)\n"
-    "      --queue N          read at most N jobs ahead of the running ones (default 2x -j)\n"
+    "      --queue N          read at most N jobs ahead of the running ones (default -j)\n"
     "\n"
     "Command: {} the argument, {.} without extension, {/} basename, {//} dirname,\n"
     "  {/.} basename without extension, {#} job number, {%} slot number, {N} {N.} {N/}\n"
@@ -499,7 +499,7 @@ int opts_parse(opts *o, int argc, char **argv, bool *exit_now)
     if (o->jobs == 0)
         o->jobs = crew_ncpu();
     if (o->queue == 0)
-        o->queue = (size_t)o->jobs * 2;
+        o->queue = o->jobs;
     o->order_window = o->jobs + o->queue + 1024;
     int rc = parse_words(o, argc, argv, optind);
     if (rc)

@@ -171,7 +171,8 @@ static double epoch_now(void)
 /* Reads once from the pipe pf->fd into b; closes it at EOF or on error. */
 static void take(run *r, job *j, struct pollfd *pf, outbuf *b, int out_fd)
 {
-    ssize_t n = outbuf_read_from(b, pf->fd);
+    /* Hung up with nothing to read: EOF, without allocating a buffer to learn it. */
+    ssize_t n = (pf->revents & (POLLIN | POLLERR)) ? outbuf_read_from(b, pf->fd) : 0;
     if (n > 0 && r->o->line_buffer)
         output_lines(r, j, b, out_fd, false);
     if (n <= 0) {
