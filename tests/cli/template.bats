@@ -142,3 +142,13 @@ marking_shell() {
     run --separate-stderr bash -c "printf 'a\nb\n' | $CREW -q -k 'cat; echo {}'"
     [ "$output" = $'a\nb' ]
 }
+
+@test "jobs inherit no descriptor of crew's own (pipes, eventfds, signalfd, files)" {
+    printf '#!/bin/sh\nls /proc/$$/fd | sort -n | tr "\\n" " "\n' >fds.sh
+    chmod +x fds.sh
+    direct=$(./fds.sh </dev/null)
+    run --separate-stderr "$CREW" -q --joblog log --timeout 10s ./fds.sh ::: 1
+    [ "$output" = "$direct" ]
+    run --separate-stderr "$CREW" -q -k -j2 ./fds.sh ::: 1 2
+    [ "$output" = "$direct$direct" ]
+}
