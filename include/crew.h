@@ -798,13 +798,302 @@ CREW_EXPORT int64_t crew_retry_delay(const crew_retry *policy, unsigned attempt,
  * Ordered results (crew_order): completions emitted in submission order
  * ------------------------------------------------------------------------------------- */
 
-/* (the order section) */
+/*
+ * A reorder buffer (the seeds' "Strategy 2"): producers, typically pool jobs finishing in
+ * any order, put results numbered 0, 1, 2, ...; the consumer takes them strictly in that
+ * order. Memory stays bounded when one job is slow: at most `window` results are held, and
+ * a producer that runs window or more seqs ahead of the next to emit waits.
+ *
+ * Two ways to number the results:
+ * - crew_order_reserve() hands out the seqs, one per job, and waits while `window` of them
+ *   are outstanding (handed out and not yet taken by the consumer). A reserved seq is always
+ *   inside the window, so its put never waits: the submitter waits, holding nothing, and no
+ *   worker is ever blocked. This is the deadlock-free form: use it whenever you can.
+ * - The caller numbers the results itself and crew_order_put() waits while its seq is
+ *   window or more ahead. Then the job holding the next seq must always be able to run:
+ *   when seqs go to jobs in increasing order and jobs start in that order (one submitting
+ *   thread, one priority level), that job has started before any job that waits, so any
+ *   window works; a window of at least the number of workers keeps them all busy (a
+ *   smaller one idles the fast ones behind every slow one). If jobs can start out of seq
+ *   order (several submitters, priorities), the window must also cover that disorder, or
+ *   every worker may end up waiting in put while the job that would free them sits queued.
+ * In both forms the consumer must run concurrently with the producers: a thread that
+ * submits everything and reads only afterwards waits forever once the window is full.
+ *
+ * A seq with no result (its job failed, or was dropped before it ran) is put with a NULL
+ * item and an error code, so the stream never stalls. crew_order_close() ends the stream:
+ * the consumer then takes what is buffered, with every seq that was never put reported as a
+ * hole (item NULL, err CREW_EPIPE), and then gets CREW_EPIPE.
+ */
+typedef struct crew_order crew_order;
+
+/* Called by crew_order_destroy() for each result still buffered (never taken), in seq
+ * order, so that its item can be freed. */
+typedef void (*crew_order_discard_fn)(void *arg, uint64_t seq, void *item);
+
+typedef struct crew_order_opts {
+    size_t window;                 /* results held ahead of the next to emit (at most
+                                      2^30); 0 = 64 */
+    crew_order_discard_fn discard; /* for results never taken; may be NULL */
+    void *discard_arg;             /* its first argument */
+} crew_order_opts;
+
+/* One result, as crew_order_next() hands it out. */
+typedef struct crew_order_result {
+    uint64_t seq; /* its number: 0, 1, 2, ... without a gap */
+    void *item;   /* what was put; NULL for a skipped seq or a hole */
+    int err;      /* what was put with it; CREW_EPIPE for a hole left at close */
+} crew_order_result;
+
+/* A snapshot of an order's counters (crew_order_stats). */
+typedef struct crew_order_info {
+    uint64_t next;          /* the seq the consumer takes next: results emitted so far */
+    uint64_t reserved;      /* seqs handed out by crew_order_reserve() */
+    size_t window;          /* the window given at creation */
+    size_t buffered;        /* gauge: results put and not yet taken */
+    size_t peak;            /* the most results ever buffered at once (<= window) */
+    uint64_t put_waits;     /* puts that had to wait for the window */
+    uint64_t reserve_waits; /* reserves that had to wait for the window */
+} crew_order_info;
+
+/* Creates an empty order whose first seq is 0. Returns 0, CREW_EINVAL (out NULL, window
+ * above 2^30) or CREW_ENOMEM. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_create(crew_order **out, const crew_order_opts *opts);
+
+/* Frees o, handing each result still buffered to the discard callback (in seq order). No
+ * thread may be using o or waiting on it. NULL is ignored. */
+CREW_EXPORT void crew_order_destroy(crew_order *o);
+
+/* Hands out the next seq (0, 1, 2, ...) into *seq. Blocks while `window` seqs are
+ * outstanding (handed out and not yet taken by the consumer), until deadline or until ctx
+ * (may be NULL) is done. Every seq handed out must then be put exactly once (an item, or
+ * NULL and an error), and its put never waits. Returns 0, CREW_EPIPE (closed, also while
+ * waiting), CREW_EAGAIN (the window is full and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, ctx's error, or CREW_EINVAL (seq NULL). Waiters are served first come,
+ * first served. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_reserve(crew_order *o, uint64_t *seq, int64_t deadline,
+                                                    crew_ctx *ctx);
+
+/* Stores the result numbered seq: item (NULL is allowed: a skipped seq) and err (0, or any
+ * code saying why there is no item; the order only carries it). Blocks while seq is window
+ * or more ahead of the next seq to emit (never for a reserved seq), until deadline or until
+ * ctx is done. On success the consumer will take item; on failure the caller keeps it.
+ * Returns 0, CREW_EINVAL (seq already emitted or already put), CREW_EPIPE (closed, also
+ * while waiting), CREW_EAGAIN (too far ahead and deadline is CREW_NOW or already past),
+ * CREW_ETIMEDOUT, or ctx's error. Thread-safe; callable from a job (see the window sizing
+ * above). */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_put(crew_order *o, uint64_t seq, void *item, int err,
+                                                int64_t deadline, crew_ctx *ctx);
+
+/* Takes the next result in seq order into *out; the caller then owns its item. Blocks
+ * until that seq has been put, until deadline or until ctx is done. Once o is closed it
+ * takes what is buffered without waiting, reporting each seq never put as a hole (item
+ * NULL, err CREW_EPIPE), up to the highest seq put or reserved. Returns 0, CREW_EPIPE
+ * (closed and nothing left), CREW_EAGAIN (not there and deadline is CREW_NOW or already
+ * past), CREW_ETIMEDOUT, ctx's error, or CREW_EINVAL (out NULL). Several consumers may
+ * call it; each result goes to one of them. Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_next(crew_order *o, crew_order_result *out,
+                                                 int64_t deadline, crew_ctx *ctx);
+
+/* Ends the stream: puts and reserves fail with CREW_EPIPE (waiting ones too), and the
+ * consumer drains what is buffered (see crew_order_next). Returns 0, or CREW_EPIPE if o was
+ * already closed. Never blocks; thread-safe; callable from a job and from an on-cancel
+ * hook. */
+CREW_EXPORT int crew_order_close(crew_order *o);
+
+/* Fills *out with a snapshot of o's counters. Returns 0. Never blocks for long;
+ * thread-safe. */
+CREW_EXPORT int crew_order_stats(crew_order *o, crew_order_info *out);
+
+/* The simple form: results into caller-owned slots by index. fn(ctx, i, arg) is called
+ * once for each i in 0..n-1, and writes its output wherever arg says (out[i], say); its
+ * return value goes to errs[i] when errs is not NULL. */
+typedef int (*crew_map_fn)(crew_ctx *ctx, size_t i, void *arg);
+
+/* Runs fn over the indices 0..n-1 on p's workers and returns when every index has been
+ * run or given up. fn runs with the map's ctx: a child of ctx (may be NULL) that also ends
+ * at deadline and when p's ctx is cancelled; once that ctx is done, the indices not yet
+ * started are not run and get its error (CREW_ECANCELED or CREW_ETIMEDOUT) in errs.
+ * Called from outside p, the caller only waits: fn runs on p's workers, where
+ * crew_pool_worker_state() works (the first helper job is submitted with deadline and ctx,
+ * so a full pool makes the call wait; the others spread to idle workers with a try, so a
+ * full queue may count one rejected submit in p's metrics). Called from one of p's jobs, the
+ * caller runs indices itself as well, so maps nest and never deadlock. Returns 0 when every
+ * fn returned 0; otherwise the error of the lowest failing index (a fn's error, the map
+ * ctx's error for indices never run, CREW_ESHUTDOWN if p no longer accepts jobs, or
+ * CREW_ENOMEM); or CREW_EINVAL (p or fn NULL, n above SIZE_MAX / 2) with nothing run.
+ * n == 0 returns 0 at once. Blocks; thread-safe; callable from a job of p or of another
+ * pool. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_order_map(crew_pool *p, crew_map_fn fn, void *arg, size_t n,
+                                                int *errs, int64_t deadline, crew_ctx *ctx);
 
 /* ---------------------------------------------------------------------------------------
  * Pipelines (crew_pipeline): stages joined by bounded channels
  * ------------------------------------------------------------------------------------- */
 
-/* (the pipeline section) */
+/*
+ * A pipeline is a chain of stages, each a function run by its own workers (the threads of
+ * a crew_pool per stage: never a thread per item), joined by bounded queues (crew_chan).
+ * crew_pipeline_send() puts an item into stage 0's input queue; each stage takes items
+ * from its queue, and passes what its function returns on to the next stage's queue; the
+ * last stage's outputs come out of crew_pipeline_recv(). A full queue blocks whoever sends
+ * into it, so a slow stage backs the whole pipeline up to the producer (backpressure), and
+ * the items inside are bounded by the sum of the queue capacities, the workers and the
+ * output capacity: memory stays flat however many items pass.
+ *
+ * Closing the input drains every stage in order: a stage ends once its input is closed
+ * and empty and its workers are done, and then closes the next stage's input; after the
+ * last stage the output closes. Cancelling (crew_pipeline_cancel, the parent ctx, or a
+ * stage function returning an error) stops every stage at once: each item still inside is
+ * given to the discard callback, exactly once.
+ *
+ * Items are void pointers, never NULL, and change owner as they go: the producer's until
+ * crew_pipeline_send() accepts them, then the pipeline's, each stage function's while it
+ * runs, and the consumer's once crew_pipeline_recv() returns them. Items cross workers, so
+ * the output order is not the input order, unless the pipeline is CREW_PIPELINE_ORDERED.
+ */
+typedef struct crew_pipeline crew_pipeline;
+
+/* A stage's function, called once per item with the pipeline's ctx (cancelled when the
+ * pipeline is). It owns `in` from the call on and either passes an item on in *out (in
+ * itself or a new one) and returns 0, drops it (returns 0 with *out left NULL, having
+ * disposed of in), or fails: it returns a negative code, the pipeline is cancelled with it
+ * as the cause, and it must have disposed of in (an item it put in *out is discarded). */
+typedef int (*crew_stage_fn)(crew_ctx *ctx, void *in, void **out, void *arg);
+
+/* Disposes of an item the pipeline gives up: one left inside by a cancel (in a queue, or
+ * a stage's output that could not be passed on), one a CREW_PIPELINE_SINK pipeline's last
+ * stage passes on, or one unread at destroy. stage is the index of the stage the item was
+ * going to (n, the number of stages, for the output), which tells the item's type. Runs on
+ * whichever thread gives the item up: a stage's worker, or the caller of destroy. */
+typedef void (*crew_pipeline_discard_fn)(void *arg, void *item, size_t stage);
+
+typedef struct crew_stage {
+    const char *name;         /* for stats and the stage's pool (copied, at most 63 bytes);
+                                 NULL = "stage0", "stage1", ... */
+    crew_stage_fn fn;         /* the stage's function */
+    void *arg;                /* its last argument */
+    unsigned workers;         /* threads running fn (at most 65536); 0 = crew_ncpu() */
+    size_t queue;             /* capacity of this stage's input queue; 0 = no buffer: a
+                                 send completes only when a worker takes the item */
+    crew_worker_init_fn init; /* per-worker hooks of the stage's pool (may be NULL): each */
+    crew_worker_fini_fn fini; /* worker may own a connection or a handle, which fn reads */
+    void *hook_arg;           /* with crew_pool_worker_state() */
+} crew_stage;
+
+/* Pipeline flags. */
+enum {
+    /* No output: whatever the last stage passes on goes to the discard callback (counted
+     * as passed on); crew_pipeline_recv() is refused. */
+    CREW_PIPELINE_SINK = 1u << 0,
+    /* crew_pipeline_recv() returns the items in the order crew_pipeline_send() took them
+     * (a reorder buffer, crew_order, replaces the output queue). At most `window` items are
+     * between a send and their recv: a send waits for room, so no worker ever waits for a
+     * straggler and the pipeline cannot deadlock on it. */
+    CREW_PIPELINE_ORDERED = 1u << 1,
+};
+
+typedef struct crew_pipeline_opts {
+    crew_ctx *ctx;                    /* parent of the pipeline's ctx; NULL = background */
+    size_t output_cap;                /* capacity of the output queue; 0 = no buffer */
+    crew_pipeline_discard_fn discard; /* for items given up (may be NULL: then they leak) */
+    void *discard_arg;                /* its first argument */
+    unsigned flags;                   /* CREW_PIPELINE_* */
+    size_t window;                    /* CREW_PIPELINE_ORDERED: items in flight at most (at
+                                         most 2^30); 0 = the sum of the stages' queues and
+                                         workers */
+} crew_pipeline_opts;
+
+/* One stage's metrics (crew_pipeline_stage_stats). Once the pipeline has finished, every
+ * item the stage took is accounted: in == out + dropped + failed + (discarded - the items
+ * discarded from its input queue); and over the whole pipeline, the items sent equal those
+ * received plus all stages' dropped, failed and discarded (plus the last stage's out for
+ * a CREW_PIPELINE_SINK pipeline). */
+typedef struct crew_stage_stats {
+    char name[64];         /* the stage's name */
+    unsigned workers;      /* its workers */
+    uint64_t in;           /* items its workers took from its input queue */
+    uint64_t out;          /* items passed on (to the next stage, the output, or a sink) */
+    uint64_t dropped;      /* items its function dropped (0 with *out NULL) */
+    uint64_t failed;       /* calls of its function that returned an error */
+    uint64_t discarded;    /* items it gave to the discard callback: outputs a cancel kept
+                              from being passed on, and items left in its input queue by a
+                              cancel (for the last stage, also those left in the output) */
+    size_t queue_cap;      /* its input queue's capacity */
+    size_t queue_depth;    /* gauge: items waiting in its input queue */
+    size_t queue_peak;     /* the most items its input queue ever held */
+    unsigned busy;         /* gauge: workers inside its function */
+    int64_t idle_ns;       /* its workers' time waiting for input */
+    int64_t blocked_ns;    /* its workers' time waiting to pass items on (the next queue,
+                              or the output, was full): backpressure from downstream */
+    int64_t in_blocked_ns; /* time spent waiting for room in its input queue by whoever sends
+                              into it: crew_pipeline_send() for stage 0 (for an ordered
+                              pipeline, also waiting for the window), else the previous
+                              stage's blocked_ns */
+    crew_hist run;         /* time inside its function, per item */
+} crew_stage_stats;
+
+/* Creates a pipeline of the n stages (the array is copied) and starts their workers, each
+ * stage on a pool of its own named after it. Returns 0, CREW_EINVAL (out or stages NULL, n
+ * == 0, a stage without fn or with more than 65536 workers, an unknown flag, SINK together
+ * with ORDERED, window above 2^30), CREW_ENOMEM, CREW_EAGAIN (a thread could not be
+ * started), or the first init hook's error; on failure nothing is left running. A parent
+ * ctx already done gives a pipeline that is cancelled from the start. Thread-safe. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pipeline_create(crew_pipeline **out, const crew_stage *stages,
+                                                      size_t n, const crew_pipeline_opts *opts);
+
+/* Sends item (not NULL) into stage 0. Blocks while its input queue is full (for an
+ * ordered pipeline, also while `window` items are in flight), until deadline or until ctx
+ * (may be NULL) is done. On success the pipeline owns item; on failure the caller still
+ * does. Returns 0, CREW_EPIPE (closed, also while waiting), CREW_ECANCELED or
+ * CREW_ETIMEDOUT (the pipeline was cancelled: its ctx's error), CREW_EAGAIN (full, and
+ * deadline is CREW_NOW or already past), CREW_ETIMEDOUT (deadline), ctx's error, or
+ * CREW_EINVAL (item NULL). Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pipeline_send(crew_pipeline *pl, void *item, int64_t deadline,
+                                                    crew_ctx *ctx);
+
+/* No more input: every stage drains what it has, in order, then the output closes.
+ * Returns 0, or CREW_EPIPE if the input was already closed (by a close or a cancel). Never
+ * blocks; thread-safe; callable from a job. */
+CREW_EXPORT int crew_pipeline_close(crew_pipeline *pl);
+
+/* Takes one output item into *item; the caller then owns it. Blocks while none is ready,
+ * until deadline or until ctx (may be NULL) is done. Returns 0; CREW_EPIPE once the
+ * pipeline has drained after a close and every output was taken; CREW_ECANCELED or
+ * CREW_ETIMEDOUT (the pipeline's ctx's error) once a cancel has stopped it and no output is
+ * left (the items inside go to the discard callback; one that had already reached the
+ * output may still be returned first); CREW_EAGAIN (none ready and deadline is CREW_NOW or
+ * already past); CREW_ETIMEDOUT (deadline); ctx's error; or CREW_EINVAL (item NULL, or a
+ * SINK pipeline). Thread-safe; callable from a job. */
+CREW_EXPORT CREW_WARN_UNUSED int crew_pipeline_recv(crew_pipeline *pl, void **item,
+                                                    int64_t deadline, crew_ctx *ctx);
+
+/* Blocks until every stage's workers are done (after a close has drained everything, or a
+ * cancel), or until deadline. The last stage's workers wait to deliver their outputs, so
+ * unless the pipeline is a sink someone must be reading it (or it must be cancelled) for
+ * this to return. Returns 0 when the pipeline drained, else the cause of its cancel: a stage
+ * function's error, crew_pipeline_cancel()'s cause, or the parent ctx's cause; or
+ * CREW_ETIMEDOUT, CREW_EAGAIN (CREW_NOW and not finished), or CREW_EDEADLK from inside a
+ * stage function. Once finished, every item has been delivered, dropped, failed or
+ * discarded. Thread-safe. */
+CREW_EXPORT int crew_pipeline_wait(crew_pipeline *pl, int64_t deadline);
+
+/* Stops every stage: the pipeline's ctx is cancelled with cause (0 = CREW_ECANCELED), the
+ * input closes, workers stop after the item in hand, and each item left inside is
+ * discarded. Does not wait (see crew_pipeline_wait). The first cancel's cause wins; a cancel
+ * after the pipeline has drained changes nothing (the output stays for the consumer, and
+ * only sends are refused). Never blocks; thread-safe; callable from a stage function and
+ * from an on-cancel hook. */
+CREW_EXPORT void crew_pipeline_cancel(crew_pipeline *pl, int cause);
+
+/* Fills *out with stage i's metrics, read without stopping its workers. Returns 0, or
+ * CREW_EINVAL (i out of range). Thread-safe. */
+CREW_EXPORT int crew_pipeline_stage_stats(crew_pipeline *pl, size_t i, crew_stage_stats *out);
+
+/* Cancels pl unless it has finished, waits for its workers, discards every item still
+ * inside or unread, and frees it. No other thread may use pl during or after the call, and
+ * it must not be called from a stage function. NULL is ignored. */
+CREW_EXPORT void crew_pipeline_destroy(crew_pipeline *pl);
 
 #ifdef __cplusplus
 }

@@ -713,6 +713,18 @@ static bool retract_credit(crew_pool *p)
  * park until woken, the idle timeout (elastic pools) or a resize asks some to leave; exit
  * once the pool is shut down and the queues are empty, or when retired. The fini hook runs
  * last, in the worker. */
+/* Called by a worker that was idle (spinning or parked) and has just taken a job. A
+ * producer does not wake anyone while a worker spins, so several jobs may have been queued
+ * on the strength of that one spinner; and a woken worker takes one job. So whoever comes
+ * from idle with a job passes the wake-up on while more work waits and nobody spins: a
+ * chain that wakes as many workers as there are queued jobs, without a system call on the
+ * busy path (a worker in a streak of jobs never gets here). */
+static void pass_wake_on(crew_pool *p)
+{
+    if (atomic_load_explicit(&p->spinning, memory_order_seq_cst) == 0 && !queues_empty(p))
+        crew__ec_notify(&p->work_ec, 1);
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -746,6 +758,7 @@ static void *worker_main(void *arg)
                 if (gap < SPIN_MAX && 2 * gap > w->spin_ns)
                     w->spin_ns = 2 * gap < SPIN_MAX ? 2 * gap : SPIN_MAX;
                 idle_since = 0;
+                pass_wake_on(p);
             }
             took_job(p, &has_credit);
             /* More work waits and nobody is idle: an elastic pool grows. (Submits grow it
@@ -790,9 +803,7 @@ static void *worker_main(void *arg)
                              : (w->spin_ns / 2 > SPIN_MIN ? w->spin_ns / 2 : SPIN_MIN);
         if (got) {
             idle_since = 0;
-            /* More work waiting and nobody left spinning: wake a parked worker for it. */
-            if (atomic_load(&p->spinning) == 0 && !queues_empty(p))
-                crew__ec_notify(&p->work_ec, 1);
+            pass_wake_on(p);
             took_job(p, &has_credit);
             run_job(p, w, fn_id, job, ticks, &clock);
             continue;
@@ -802,6 +813,8 @@ static void *worker_main(void *arg)
         uint32_t key = crew__ec_prepare(&p->work_ec);
         if (pop_any(p, &fn_id, &job, &ticks)) {
             crew__ec_cancel(&p->work_ec);
+            idle_since = 0;
+            pass_wake_on(p);
             took_job(p, &has_credit);
             run_job(p, w, fn_id, job, ticks, &clock);
             continue;

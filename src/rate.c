@@ -125,16 +125,6 @@ static void wake_all(void *arg, int err)
     crew__ec_notify(&r->ec, INT32_MAX);
 }
 
-/* The earlier of two deadlines (CREW_FOREVER is the latest). */
-static int64_t earliest(int64_t a, int64_t b)
-{
-    if (a == CREW_FOREVER)
-        return b;
-    if (b == CREW_FOREVER)
-        return a;
-    return a < b ? a : b;
-}
-
 /*
  * The sleep of a wait that reserved n tokens at position p, due at `due` under plan `plan`,
  * allowed to last until `limit`. Called without r->mu, holding a sleeper's place; gives it
@@ -302,7 +292,10 @@ int crew_rate_wait_n(crew_rate *r, int64_t n, int64_t deadline, crew_ctx *ctx)
     }
     if (atomic_load_explicit(&r->unlimited, memory_order_relaxed))
         return 0;
-    int64_t limit = earliest(deadline, crew_ctx_deadline(ctx));
+    /* The wait must be over by the call's deadline and by ctx's, whichever is first. */
+    int64_t limit = crew_ctx_deadline(ctx);
+    if (limit == CREW_FOREVER || (deadline != CREW_FOREVER && deadline < limit))
+        limit = deadline;
 
     crew__check(pthread_mutex_lock(&r->mu));
     if (n > r->burst) {

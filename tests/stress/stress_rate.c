@@ -16,6 +16,8 @@
 #include "internal.h"
 #include "testutil.h"
 
+#include "chaos.h"
+
 #include <math.h>
 #include <sched.h>
 #include <string.h>
@@ -27,18 +29,13 @@ enum { FIXED, CHANGING, SWITCHING }; /* what the setter thread does */
 
 typedef struct world {
     crew_rate *r;
-    int kind;                /* FIXED, CHANGING or SWITCHING */
-    double rate;             /* the rate at creation, and the largest the setter uses */
-    int64_t burst;           /* the same for the burst */
-    long ops;                /* calls each thread makes (FIXED, CHANGING) */
-    int64_t until;           /* when the threads stop calling (SWITCHING) */
-    int64_t end;             /* the end of the accounting, set before the tally */
-    _Atomic long violations; /* broken rules seen by helper threads */
-    _Atomic int running;     /* worker threads not finished yet */
-    _Atomic bool chaos_stop; /* set when the chaos thread must exit */
-    pthread_mutex_t gmu;     /* guards gctx */
-    crew_ctx *gctx;          /* the shared ctx, replaced after each cancel: under gmu */
-    uint64_t seed;
+    int kind;            /* FIXED, CHANGING or SWITCHING */
+    double rate;         /* the rate at creation, and the largest the setter uses */
+    int64_t burst;       /* the same for the burst */
+    long ops;            /* calls each thread makes (FIXED, CHANGING) */
+    int64_t until;       /* when the threads stop calling (SWITCHING) */
+    _Atomic int running; /* worker threads not finished yet */
+    chaos ch;            /* the seed, the violations, the shared ctx */
 } world;
 
 typedef struct actor {
@@ -52,52 +49,17 @@ typedef struct actor {
     pthread_t tid;
 } actor;
 
-enum { OP_ALLOW, OP_RESERVE, W_FOREVER, W_TRY, W_DEADLINE, W_SHARED_CTX, W_TIMEOUT_CTX };
+enum { OP_ALLOW, OP_RESERVE, OP_WAIT };
 
+/* 15% allow, 7% reserve, the rest waits: of those, 42% blocking, 13% try, 19% with a
+ * deadline, 13% with the shared ctx, 13% with a ctx that times out. */
 static int pick_op(uint64_t *seed)
 {
     uint64_t r = rng_next(seed) % 100;
-    if (r < 15)
-        return OP_ALLOW;
-    if (r < 22)
-        return OP_RESERVE;
-    if (r < 55)
-        return W_FOREVER;
-    if (r < 65)
-        return W_TRY;
-    if (r < 80)
-        return W_DEADLINE;
-    if (r < 90)
-        return W_SHARED_CTX;
-    return W_TIMEOUT_CTX;
+    return r < 15 ? OP_ALLOW : r < 22 ? OP_RESERVE : OP_WAIT;
 }
 
-static void violation(world *w, const char *what, long a, long b)
-{
-    if (atomic_fetch_add(&w->violations, 1) < 10)
-        fprintf(stderr, "violation: %s (%ld, %ld), seed %llu\n", what, a, b,
-                (unsigned long long)w->seed);
-}
-
-/* True if a wait made in this mode may return rc. Waits may also find n above a burst
- * that the setter just lowered. */
-static bool allowed(world *w, int op, int rc)
-{
-    if (rc == 0 || (rc == CREW_EINVAL && w->kind != FIXED))
-        return true;
-    switch (op) {
-    case W_TRY:
-        return rc == CREW_EAGAIN;
-    case W_DEADLINE: /* a deadline that passed before the call is a try */
-        return rc == CREW_ETIMEDOUT || rc == CREW_EAGAIN;
-    case W_SHARED_CTX:
-        return rc == CREW_ECANCELED;
-    case W_TIMEOUT_CTX:
-        return rc == CREW_ETIMEDOUT;
-    default:
-        return false;
-    }
-}
+static const int wait_pct[4] = {42, 13, 19, 13};
 
 static void granted(actor *a, int64_t n, int64_t due)
 {
@@ -139,63 +101,28 @@ static void *worker(void *arg)
             if (d >= 0)
                 granted(a, n, now + d);
             else if (!(w->kind == SWITCHING && d == CREW_EAGAIN)) /* rate 0 */
-                violation(w, "reserve failed", (long)n, (long)d);
+                chaos_violation(&w->ch, "reserve failed", (long)n, (long)d);
             continue;
         }
-        int64_t deadline = CREW_FOREVER;
-        crew_ctx *ctx = NULL;
-        if (op == W_TRY) {
-            deadline = CREW_NOW;
-        } else if (op == W_DEADLINE) {
-            deadline = crew_deadline_in((int64_t)(rng_next(&a->seed) % (500 * CREW_USEC)));
-        } else if (op == W_SHARED_CTX) {
-            crew__check(pthread_mutex_lock(&w->gmu));
-            ctx = crew_ctx_retain(w->gctx);
-            crew__check(pthread_mutex_unlock(&w->gmu));
-        } else if (op == W_TIMEOUT_CTX) {
-            int64_t t = 1 + (int64_t)(rng_next(&a->seed) % (800 * CREW_USEC));
-            if (crew_ctx_with_timeout(NULL, t, &ctx) != 0) {
-                violation(w, "crew_ctx_with_timeout failed", 0, 0);
-                continue;
-            }
-        }
+        int64_t deadline;
+        crew_ctx *ctx;
+        int kind = chaos_call(&w->ch, &a->seed, wait_pct, 800 * CREW_USEC, &deadline, &ctx);
+        if (kind < 0)
+            continue;
         int rc = crew_rate_wait_n(w->r, n, deadline, ctx);
         if (ctx)
             crew_ctx_release(ctx);
-        if (!allowed(w, op, rc))
-            violation(w, "wait returned an unexpected code", op, rc);
+        /* A wait may also find n above a burst that the setter just lowered. */
+        if (!chaos_allowed(kind, rc) && !(rc == CREW_EINVAL && w->kind != FIXED))
+            chaos_violation(&w->ch, "wait returned an unexpected code", kind, rc);
         if (rc == 0) {
             granted(a, n, crew_now());
-            a->forever += op == W_FOREVER;
+            a->forever += kind == CALL_FOREVER;
         } else {
             a->refused++;
         }
     }
     atomic_fetch_sub(&w->running, 1);
-    return NULL;
-}
-
-/* Cancels the shared ctx over and over while calls wait on it. */
-static void *chaos(void *arg)
-{
-    actor *a = arg;
-    world *w = a->w;
-    while (!atomic_load(&w->chaos_stop)) {
-        /* Pacing the cancels, not synchronising anything. */
-        struct timespec ts = {0, (long)(50 * CREW_USEC + rng_next(&a->seed) % (400 * CREW_USEC))};
-        nanosleep(&ts, NULL);
-        crew_ctx *fresh = NULL;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
-            violation(w, "crew_ctx_with_cancel failed", 0, 0);
-            break;
-        }
-        crew__check(pthread_mutex_lock(&w->gmu));
-        crew_ctx *old = w->gctx;
-        w->gctx = fresh;
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
-    }
     return NULL;
 }
 
@@ -224,10 +151,10 @@ static void *setter(void *arg)
             unlimited = pick == 0;
         }
         if (crew_rate_set(w->r, rate, burst) != 0)
-            violation(w, "set failed", (long)rate, (long)burst);
+            chaos_violation(&w->ch, "set failed", (long)rate, (long)burst);
     }
     if (w->kind == SWITCHING && crew_rate_set(w->r, CREW_RATE_INF, 1) != 0)
-        violation(w, "set failed", 0, 1);
+        chaos_violation(&w->ch, "set failed", 0, 1);
     return NULL;
 }
 
@@ -245,16 +172,13 @@ static void run(int kind, double rate, int64_t burst, long ops, uint64_t seed)
     w.rate = rate;
     w.burst = burst;
     w.ops = ops;
-    w.seed = seed;
     int64_t start = crew_now();
     w.until = start + ops * CREW_MSEC; /* for SWITCHING, ops counts milliseconds */
     assert_int_equal(crew_rate_create(&w.r, rate, burst), 0);
-    assert_int_equal(pthread_mutex_init(&w.gmu, NULL), 0);
-    assert_int_equal(crew_ctx_with_cancel(NULL, &w.gctx), 0);
+    chaos_start(&w.ch, seed);
     atomic_init(&w.running, THREADS);
 
-    actor act[THREADS], ch = {.w = &w, .seed = seed ^ 0xABCDEF}, st = {.w = &w, .seed = ~seed};
-    assert_int_equal(pthread_create(&ch.tid, NULL, chaos, &ch), 0);
+    actor act[THREADS], st = {.w = &w, .seed = ~seed};
     for (unsigned i = 0; i < THREADS; i++) {
         act[i] = (actor){.w = &w, .seed = seed * 31 + i + 1};
         assert_int_equal(pthread_create(&act[i].tid, NULL, worker, &act[i]), 0);
@@ -266,8 +190,7 @@ static void run(int kind, double rate, int64_t burst, long ops, uint64_t seed)
     int64_t end = crew_now();
     if (kind != FIXED)
         assert_int_equal(pthread_join(st.tid, NULL), 0);
-    atomic_store(&w.chaos_stop, true);
-    assert_int_equal(pthread_join(ch.tid, NULL), 0);
+    long violations = chaos_stop(&w.ch);
 
     /* All the tokens granted, by due instant. */
     long total = 0, forever = 0, refused = 0;
@@ -289,9 +212,8 @@ static void run(int kind, double rate, int64_t burst, long ops, uint64_t seed)
            "%ld refused as allowed, seed %llu\n",
            kind, rate, (long long)burst, total, (double)(end - start) / 1e9, forever, refused,
            (unsigned long long)seed);
-    if (atomic_load(&w.violations))
-        fail_msg("kind %d, seed %llu: %ld violations", kind, (unsigned long long)seed,
-                 (long)atomic_load(&w.violations));
+    if (violations)
+        fail_msg("kind %d, seed %llu: %ld violations", kind, (unsigned long long)seed, violations);
     assert_true(forever > 0);
     if (kind != SWITCHING) {
         /* By every instant t, no more than burst + rate * (t - start) tokens were due: checked
@@ -311,39 +233,31 @@ static void run(int kind, double rate, int64_t burst, long ops, uint64_t seed)
     assert_int_equal(crew_rate_waiters(w.r), 0);
     free(dues);
 
-    crew_ctx_release(w.gctx);
-    assert_int_equal(pthread_mutex_destroy(&w.gmu), 0);
     crew_rate_destroy(w.r);
-}
-
-static uint64_t base_seed(void)
-{
-    const char *s = getenv("CREW_STRESS_SEED");
-    return s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
 }
 
 static void test_fixed(void **state)
 {
     (void)state;
-    run(FIXED, 20000, 20, stress_scaled(1500), base_seed());
+    run(FIXED, 20000, 20, stress_scaled(1500), stress_seed());
 }
 
 static void test_fixed_burst1(void **state)
 {
     (void)state;
-    run(FIXED, 10000, 1, stress_scaled(600), base_seed());
+    run(FIXED, 10000, 1, stress_scaled(600), stress_seed());
 }
 
 static void test_changing(void **state)
 {
     (void)state;
-    run(CHANGING, 30000, 20, stress_scaled(1500), base_seed());
+    run(CHANGING, 30000, 20, stress_scaled(1500), stress_seed());
 }
 
 static void test_switching(void **state)
 {
     (void)state;
-    run(SWITCHING, 20000, 10, stress_scaled(300), base_seed()); /* 300 ms */
+    run(SWITCHING, 20000, 10, stress_scaled(300), stress_seed()); /* 300 ms */
 }
 
 int main(void)

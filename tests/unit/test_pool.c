@@ -1451,6 +1451,30 @@ static void test_rate_cap(void **state)
     crew_rate_destroy(r);
 }
 
+/* ---- wake-ups ------------------------------------------------------------------------- */
+
+/* Jobs queued while a worker spins wake nobody (the spinner is meant to take them), so the
+ * worker that takes one from idle must wake the next parked worker for the rest: otherwise
+ * blocking jobs sit queued beside parked workers. Found by the error group's tests. */
+static void test_wake_chain(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 300; round++) {
+        crew_pool *p;
+        assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 4, .queue_cap = 64}), 0);
+        gate g;
+        gate_init(&g);
+        int n = 1 + round % 4;
+        for (int i = 0; i < n; i++)
+            assert_int_equal(crew_pool_submit(p, gate_job, &g, CREW_FOREVER, NULL), 0);
+        eventually(atomic_load(&g.inside) == n);
+        gate_open(&g);
+        assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
+        crew_pool_destroy(p);
+        gate_fini(&g);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1493,6 +1517,7 @@ int main(void)
         leak_test(test_retry_pool_default),
         leak_test(test_retry_under_budget),
         leak_test(test_rate_cap),
+        leak_test(test_wake_chain),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }
