@@ -8,8 +8,8 @@
  *   template.c     the command template: replacement strings, quoting, shell or direct exec
  *   spawn.c        one job on a worker: spawn, capture, timeouts, kills, retries
  *   outbuf.c       captured output: memory, spilling to temporary files, writing out
- *   output.c       the output modes: grouped, --keep-order, --line-buffer, --tag, --json
- *   reorder.c      the --keep-order window (to be swapped for crew_order once on main)
+ *   output.c       the output modes: grouped, --keep-order (crew_order), --line-buffer,
+ *                  --tag, --json
  *   supervisor.c   signals, orphan reaping, leftover process groups, the progress ticker
  *   joblog.c       --joblog and --resume / --resume-failed
  *   progress.c     --bar, --eta and the summary line
@@ -309,14 +309,14 @@ uint64_t run_total(run *r);
 /* ---- output ------------------------------------------------------------------------ */
 
 int output_init(run *r);
+/* -k: ends the ordered stream once every job is in, and waits until all is printed. */
+void output_close(void);
 void output_fini(void);
 /* Called by the main thread for each seq in input order before it is submitted (-k): may
- * block until the window has room. 0, or -ECANCELED when crew stops. */
-int output_admit(uint64_t seq);
+ * block until the window has room. 0, or the stop ctx's error when crew stops. */
+int output_admit(run *r, uint64_t seq);
 /* Prints a finished job (now or, with -k, when its turn comes) and frees it. */
 void output_emit(run *r, job *j);
-/* -k: wakes a main thread blocked in output_admit (crew is stopping). */
-void output_wake(void);
 /* --line-buffer: prints the complete lines of b now (tagged), keeping the rest in b. */
 int output_lines(run *r, const job *j, outbuf *b, int fd, bool final);
 /* Writes all of buf to fd (no lock). 0 or -errno. */
@@ -324,25 +324,6 @@ int write_all(int fd, const void *buf, size_t n);
 /* The lock that orders output (for the progress ticker). */
 void output_lock(void);
 void output_unlock(void);
-
-/* ---- the ordered window (-k) ------------------------------------------------------- */
-
-typedef struct reorder reorder;
-typedef void (*reorder_emit_fn)(void *arg, job *j);
-/* A window of cap jobs in seq order starting at seq first: emit prints a job whose turn
- * has come (and frees it), park prepares one that must wait. 0 or -ENOMEM. */
-int reorder_create(reorder **out, size_t cap, uint64_t first, reorder_emit_fn emit,
-                   reorder_emit_fn park, void *arg);
-void reorder_destroy(reorder *q);
-/* Blocks until seq fits in the window, or the window is woken. 0, or -ECANCELED. */
-int reorder_admit(reorder *q, uint64_t seq);
-/* Hands over j (seq already admitted): emits it and every ready successor in order. The
- * emit callback runs with the window's lock held, so emissions never interleave. */
-void reorder_put(reorder *q, job *j);
-/* Wakes every admit, which then returns -ECANCELED. */
-void reorder_wake(reorder *q);
-/* Jobs waiting in the window. */
-size_t reorder_pending(reorder *q);
 
 /* ---- supervisor -------------------------------------------------------------------- */
 
@@ -408,5 +389,10 @@ int parse_size(const char *s, uint64_t *out);
 void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 extern run *g_run; /* the one run: for callbacks that get no argument */
+
+/* Aborts with a message when an invariant of crew's own is broken (kept in release). */
+#define crew_assert_cli(cond)                                                                  \
+    ((cond) ? (void)0 : crew_cli_assert_fail(#cond, __FILE__, __LINE__))
+_Noreturn void crew_cli_assert_fail(const char *cond, const char *file, int line);
 
 #endif /* CREW_CLI_H */

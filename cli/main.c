@@ -33,6 +33,12 @@
 
 run *g_run;
 
+void crew_cli_assert_fail(const char *cond, const char *file, int line)
+{
+    fprintf(stderr, "crew: internal error: %s (%s:%d)\n", cond, file, line);
+    abort();
+}
+
 void msg(const char *fmt, ...)
 {
     char line[1024];
@@ -172,7 +178,7 @@ static void feed(run *r, input *in)
         if (!j)
             break;
         atomic_fetch_add(&r->nread, 1);
-        if (output_admit(j->seq)) {
+        if (output_admit(r, j->seq)) {
             job_free(j);
             break;
         }
@@ -342,6 +348,7 @@ int main(int argc, char **argv)
     feed(&r, in);
     crew_pool_close(r.pool);
     crew_pool_wait(r.pool, CREW_FOREVER);
+    output_close();
     status = exit_status(&r);
 done:
     supervisor_stop(&r);

@@ -2,21 +2,28 @@
  * output.c - printing finished jobs: grouped, in order (-k), line by line, tagged, JSON.
  *
  * Default (grouped): a worker prints its job's stdout then stderr whole, as soon as the job
- * ends, under out_lock, so the output of two jobs never interleaves. -k: jobs go through
- * the order window (reorder.c), which emits them in input order under its own lock and
- * asks us to park the output of a job that must wait: small output is copied into the job
- * within a memory budget (PARK_MEM), the rest appended to one shared spill file, which is
- * truncated whenever no job is parked any more. --line-buffer: the worker prints each
- * complete line as it arrives (tagged if --tag), under out_lock. -u: jobs write straight to
- * crew's stdout and stderr; nothing passes through here. --json: one object per job on
- * stdout instead of its output.
+ * ends, under out_lock, so the output of two jobs never interleaves. --line-buffer: the
+ * worker prints each complete line as it arrives (tagged if --tag), under out_lock. -u:
+ * jobs write straight to crew's stdout and stderr; nothing passes through here. --json: one
+ * object per job on stdout instead of its output.
+ *
+ * -k goes through libcrew's ordered results (crew_order). The main thread reserves each
+ * job's seq before submitting it (crew_order_reserve waits while `window` seqs are
+ * outstanding, so one slow job holds back a bounded number of finished ones); a worker that
+ * finishes a job parks its output in the job and puts the job (a reserved seq's put never
+ * waits, so no worker is ever blocked by the order); one emitter thread takes the jobs in
+ * seq order and prints them. Parking moves the output out of the worker's buffers, which
+ * the worker reuses at once: small output is copied into the job while a memory budget
+ * (PARK_MEM) lasts, anything else is appended to one shared spill file, truncated whenever
+ * no parked job is left in it, so waiting jobs hold neither much memory nor a descriptor
+ * each.
  *
  * If stdout's reader goes away (EPIPE; SIGPIPE is ignored so crew can finish cleanly),
  * crew stops starting jobs, terminates the running ones and prints nothing more.
  *
- * Locks, in order: the window's lock (-k), out_lock (every print, and the progress ticker),
- * then progress.c's. park_mem, spill_fd, spill_end and parked are only touched under the
- * window's lock.
+ * Locks, in order: out_lock (every print, and the progress ticker), then progress.c's.
+ * park_lock guards the parking state (park_mem, spill_fd, spill_end, parked) and is never
+ * held with out_lock.
  */
 #include "cli.h"
 
@@ -29,11 +36,14 @@
 #define PARK_MEM ((size_t)4 << 20) /* -k: bytes of parked output kept in memory */
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
-static reorder *order;     /* the -k window, or NULL */
+static pthread_mutex_t park_lock = PTHREAD_MUTEX_INITIALIZER;
+static crew_order *order;  /* -k: the ordered results, or NULL */
+static pthread_t emitter;  /* -k: the thread that prints them in order */
+static bool emitting;      /* -k: emitter was started */
 static size_t park_mem;    /* -k: memory budget left for parked output */
 static int spill_fd = -1;  /* -k: the shared spill file, opened when first needed */
 static uint64_t spill_end; /* -k: bytes used in it */
-static size_t parked;      /* -k: jobs whose output is parked */
+static size_t parked;      /* -k: jobs whose output is parked and not yet printed */
 
 /* Notes a broken stdout: stop, terminate the running jobs, print nothing more. */
 static void broken(run *r, int rc)
@@ -111,34 +121,16 @@ void output_unlock(void)
     pthread_mutex_unlock(&out_lock);
 }
 
-/* -k: the window's emit callback (under the window's lock, then out_lock). */
-static void emit_ordered(void *arg, job *j)
+/* -k: moves a finished job's output out of its worker's buffers into the job. */
+static void park(job *j)
 {
-    run *r = arg;
-    pthread_mutex_lock(&out_lock);
-    print_clear(r, j);
-    pthread_mutex_unlock(&out_lock);
-    if (j->outp == &j->out) {
-        /* It was parked: give back its memory, and the spill file once nobody is in it. */
-        park_mem += (j->out.fd < 0 ? j->out.len : 0) + (j->err.fd < 0 ? j->err.len : 0);
-        if (--parked == 0 && spill_end > 0) {
-            if (ftruncate(spill_fd, 0) == 0)
-                spill_end = 0;
-        }
-    }
-    job_free(j);
-}
-
-/* -k: the window's park callback: the job must wait for its turn. */
-static void park(void *arg, job *j)
-{
-    (void)arg;
     outbuf *o = j->outp, *e = j->errp;
     j->outp = &j->out;
     j->errp = &j->err;
-    parked++;
     if (o == &j->out)
         return; /* never ran: nothing captured */
+    pthread_mutex_lock(&park_lock);
+    parked++;
     if (spill_fd < 0 && (o->len + e->len > park_mem || o->fd >= 0 || e->fd >= 0)) {
         spill_fd = tmpfile_open();
         if (spill_fd < 0) {
@@ -149,6 +141,45 @@ static void park(void *arg, job *j)
     if (outbuf_park(&j->out, o, &park_mem, spill_fd, &spill_end) ||
         outbuf_park(&j->err, e, &park_mem, spill_fd, &spill_end))
         msg("job %llu: output lost: cannot park it", (unsigned long long)j->seq);
+    pthread_mutex_unlock(&park_lock);
+}
+
+/* -k: gives back what a printed job's parked output held. */
+static void unpark(job *j)
+{
+    if (j->state == JOB_SKIPPED && j->out.len == 0 && j->err.len == 0)
+        return;
+    pthread_mutex_lock(&park_lock);
+    park_mem += (j->out.fd < 0 ? j->out.len : 0) + (j->err.fd < 0 ? j->err.len : 0);
+    if (parked > 0 && --parked == 0 && spill_end > 0 && ftruncate(spill_fd, 0) == 0)
+        spill_end = 0;
+    pthread_mutex_unlock(&park_lock);
+}
+
+/* -k: the emitter thread: takes the jobs in seq order and prints them. */
+static void *emit_ordered(void *arg)
+{
+    run *r = arg;
+    crew_order_result res;
+    while (crew_order_next(order, &res, CREW_FOREVER, NULL) == 0) {
+        job *j = res.item;
+        if (!j)
+            continue; /* a hole: cannot happen, every reserved seq is put */
+        pthread_mutex_lock(&out_lock);
+        print_clear(r, j);
+        pthread_mutex_unlock(&out_lock);
+        unpark(j);
+        job_free(j);
+    }
+    return NULL;
+}
+
+/* crew_order_destroy's discard callback: a job never taken. */
+static void discard_job(void *arg, uint64_t seq, void *item)
+{
+    (void)arg;
+    (void)seq;
+    job_free(item);
 }
 
 int output_init(run *r)
@@ -156,33 +187,57 @@ int output_init(run *r)
     park_mem = PARK_MEM;
     if (!r->o->keep_order)
         return 0;
-    return reorder_create(&order, r->o->order_window, 1, emit_ordered, park, r);
+    crew_order_opts oo = {.window = r->o->order_window, .discard = discard_job};
+    int rc = crew_order_create(&order, &oo);
+    if (rc)
+        return rc;
+    rc = pthread_create(&emitter, NULL, emit_ordered, r);
+    if (rc)
+        return -rc;
+    emitting = true;
+    return 0;
+}
+
+void output_close(void)
+{
+    if (!order)
+        return;
+    crew_order_close(order);
+    if (emitting)
+        pthread_join(emitter, NULL);
+    emitting = false;
 }
 
 void output_fini(void)
 {
-    reorder_destroy(order);
+    output_close();
+    crew_order_destroy(order);
     order = NULL;
     if (spill_fd >= 0)
         close(spill_fd);
     spill_fd = -1;
 }
 
-int output_admit(uint64_t seq)
+int output_admit(run *r, uint64_t seq)
 {
-    return order ? reorder_admit(order, seq) : 0;
-}
-
-void output_wake(void)
-{
-    if (order)
-        reorder_wake(order);
+    if (!order)
+        return 0;
+    uint64_t got;
+    int rc = crew_order_reserve(order, &got, CREW_FOREVER, r->stop);
+    if (rc)
+        return rc;
+    crew_assert_cli(got == seq - 1); /* the main thread is the only one to reserve */
+    return 0;
 }
 
 void output_emit(run *r, job *j)
 {
     if (order) {
-        reorder_put(order, j);
+        park(j);
+        if (crew_order_put(order, j->seq - 1, j, 0, CREW_FOREVER, NULL) != 0) {
+            unpark(j);
+            job_free(j);
+        }
         return;
     }
     pthread_mutex_lock(&out_lock);

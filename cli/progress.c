@@ -105,7 +105,12 @@ void progress_summary(run *r)
         return;
     char wall[32];
     format_duration(wall, sizeof wall, crew_now() - r->t0);
-    uint64_t skipped = atomic_load(&r->nskipped) - atomic_load(&r->nresumed);
+    /* Not started: of all the jobs when their number is known (the ::: lists, or an input
+     * read to its end), else of those read. */
+    uint64_t done = atomic_load(&r->nok) + atomic_load(&r->nfailed);
+    uint64_t total = run_total(r);
+    uint64_t skipped = total ? (total > done ? total - done : 0)
+                             : atomic_load(&r->nskipped) - atomic_load(&r->nresumed);
     char extra[64] = "";
     if (atomic_load(&r->nresumed))
         snprintf(extra, sizeof extra, ", %llu already done",

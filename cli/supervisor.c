@@ -5,8 +5,7 @@
  * SIGHUP, SIGCHLD: blocked in every thread, so they arrive only here), an eventfd other
  * threads write to ask for something, and the earliest of its deadlines. It never holds
  * a lock of the workers' while it waits, so the work that could deadlock elsewhere is
- * asked of it: cancelling the pool (which discards queued jobs through the output path)
- * and waking the -k window.
+ * asked of it: cancelling the pool (which discards queued jobs through the output path).
  *
  * Signals. The first SIGINT or SIGTERM (or any SIGHUP) stops crew starting jobs: running
  * ones finish and are printed, then the summary. The second SIGINT/SIGTERM cancels the
@@ -55,7 +54,7 @@
 #define TICK_PLAIN (1 * CREW_SEC)    /* --eta lines when stderr is not a terminal */
 
 /* Requests other threads make (bits of `requests`). */
-enum { REQ_WAKE_ORDER = 1, REQ_CANCEL_POOL = 2, REQ_RESCAN = 4 };
+enum { REQ_CANCEL_POOL = 1, REQ_RESCAN = 2 };
 
 /* A process or group to SIGKILL at a deadline unless it is gone. */
 typedef struct doomed {
@@ -102,7 +101,6 @@ void run_stop(run *r, int reason)
     uint64_t one = 1;
     ssize_t w = write(r->input_wake, &one, sizeof one);
     (void)w;
-    request(REQ_WAKE_ORDER);
 }
 
 void run_terminate(run *r)
@@ -340,8 +338,6 @@ static void on_signal(run *r, int sig)
 static void serve_requests(run *r, bool *rescan)
 {
     unsigned req = atomic_exchange(&sup.requests, 0);
-    if (req & REQ_WAKE_ORDER)
-        output_wake();
     if ((req & REQ_CANCEL_POOL) && !sup.pool_cancelled && r->pool) {
         sup.pool_cancelled = true;
         crew_pool_cancel(r->pool, CREW_ECANCELED);

@@ -62,11 +62,17 @@ load helper
     [ "$(cat out)" = $'first\nsecond 1' ]
 }
 
-@test "--line-buffer: lines of different jobs do not mix; partial last lines print at the end" {
+@test "--line-buffer: lines of different jobs do not mix" {
     run --separate-stderr "$CREW" -q --line-buffer -j3 \
-        'for i in 1 2 3 4 5; do echo {}{}{}{}{}{}; done; printf {}' ::: a b c
+        'for i in $(seq 50); do echo {}{}{}{}{}{}; done' ::: a b c
     [ "$status" -eq 0 ]
-    for l in "${lines[@]}"; do [[ $l =~ ^(a+|b+|c+)$ ]] || [[ $l =~ ^[abc]{6}[abc]$ ]]; done
+    [ "${#lines[@]}" -eq 150 ]
+    for l in "${lines[@]}"; do [[ $l =~ ^(aaaaaa|bbbbbb|cccccc)$ ]]; done
+}
+
+@test "--line-buffer: a partial last line is printed when its job ends" {
+    run --separate-stderr "$CREW" -q --line-buffer -j1 'printf "{}"' ::: x y
+    [ "$output" = "xy" ]
 }
 
 @test "-u / --ungroup: jobs write straight to crew's stdout" {
