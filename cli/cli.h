@@ -391,8 +391,7 @@ void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern run *g_run; /* the one run: for callbacks that get no argument */
 
 /* Aborts with a message when an invariant of crew's own is broken (kept in release). */
-#define crew_assert_cli(cond)                                                                  \
-    ((cond) ? (void)0 : crew_cli_assert_fail(#cond, __FILE__, __LINE__))
+#define crew_assert_cli(cond) ((cond) ? (void)0 : crew_cli_assert_fail(#cond, __FILE__, __LINE__))
 _Noreturn void crew_cli_assert_fail(const char *cond, const char *file, int line);
 
 #endif /* CREW_CLI_H */

@@ -140,7 +140,9 @@ static void reader_close(reader *r)
 }
 
 /* Reads more bytes into the buffer, waiting in poll so that the wake-up can interrupt.
- * 0, or -errno (-EINTR when woken). */
+ * 0, or -errno (-EINTR when woken). The consumed head is moved out first, so the buffer
+ * only grows for an item longer than what it holds: memory is the longest item plus one
+ * read, whatever the input's length. */
 static int reader_fill(reader *r)
 {
     if (r->start > 0) {
@@ -179,7 +181,8 @@ static int reader_fill(reader *r)
 }
 
 /* The next item (NUL-terminated in the buffer, valid until the next call): 1, 0 at the
- * end, or -errno. */
+ * end, or -errno. `scanned` remembers how far the search for the delimiter got, so a long
+ * item arriving in many reads is scanned once, not once per read. */
 static int reader_next(reader *r, char **item)
 {
     for (;;) {
@@ -295,6 +298,9 @@ static bool next_first(input *in)
     return true;
 }
 
+/* Makes the next combination like an odometer: the last source turns fastest, and when a
+ * source wraps the one before it moves on; when the first (streamed) source moves, the
+ * next item is read. */
 job *input_next(input *in)
 {
     if (in->done)

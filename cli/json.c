@@ -86,6 +86,8 @@ static json_t *stream(const outbuf *b)
     return v;
 }
 
+/* json_pack takes ownership of the "o" values, including a NULL from a failed allocation
+ * (then the whole pack fails and NULL comes back): nothing leaks on any path. */
 char *json_render(const job *j, size_t *len)
 {
     json_t *args = json_array();

@@ -170,7 +170,10 @@ static int dry_run(run *r, input *in)
     return rc;
 }
 
-/* Reads the input and submits every job; returns when the input ends or crew stops. */
+/* Reads the input and submits every job; returns when the input ends or crew stops.
+ * Backpressure comes from two waits, both ended by the stop ctx: the -k window (at most
+ * order_window jobs between read and printed) and the pool's queue (at most --queue jobs
+ * read and not yet started), so the read-ahead is bounded whatever the input. */
 static void feed(run *r, input *in)
 {
     for (;;) {
@@ -184,18 +187,24 @@ static void feed(run *r, input *in)
         }
         j->outp = &j->out;
         j->errp = &j->err;
+        /* A job --resume skips still goes through job_finish: with -k its reserved seq
+         * must be put, or the ordered output would wait for it forever. */
         if (joblog_skip(j->seq)) {
             atomic_fetch_add(&r->nresumed, 1);
             j->state = JOB_SKIPPED;
             job_finish(r, j);
             continue;
         }
+        /* Blocks while the queue is full; fails only once crew stops (or the pool was
+         * cancelled), and then the job was never accepted: it is ours to finish. */
         if (crew_pool_submit(r->pool, job_run, j, CREW_FOREVER, r->stop) != 0) {
             j->state = JOB_SKIPPED;
             job_finish(r, j);
             break;
         }
     }
+    /* The total is known once the input has been read to its end (not when crew stopped
+     * reading early): --bar, --eta, --halt P% and the summary use it. */
     int err = input_error(in);
     if (err == 0 && !crew_ctx_done(r->stop))
         atomic_store(&r->total, (int64_t)atomic_load(&r->nread));
@@ -205,7 +214,9 @@ static void feed(run *r, input *in)
     }
 }
 
-/* The exit status, as GNU parallel's (plus 128+N after signal N). */
+/* The exit status, as GNU parallel's (plus 128+N after signal N). A --halt decision comes
+ * first (it says what the run was for); then an interrupted run, which is incomplete
+ * whatever failed in it; then the number of failed jobs. */
 static int exit_status(run *r)
 {
     int halt = atomic_load(&r->halt_exit);
@@ -238,6 +249,11 @@ static void sane_fds(void)
         }
 }
 
+/* Everything a run needs, in dependency order: the joblog first (an unwritable one is an
+ * option error, before anything runs); the stop ctx, slots and output before the pool, whose
+ * workers use them; the supervisor before the pool, so that no job can exit before SIGCHLD
+ * is being read; the pool ctx's hook right after the pool, so a cancel reaches every job;
+ * the metrics server last, since it reads the pool. */
 static int setup(run *r)
 {
     const opts *o = r->o;
@@ -253,7 +269,7 @@ static int setup(run *r)
     }
     if ((rc = crew_ctx_with_cancel(NULL, &r->stop)) || (rc = slots_init(r)) ||
         (rc = output_init(r)) || (rc = pace_init(o)) || (rc = supervisor_start(r))) {
-        msg("cannot set up: %s", rc < -200 ? crew_strerror(rc) : strerror(-rc));
+        msg("cannot set up: %s", crew_strerror(rc));
         return rc;
     }
     crew_pool_opts po = {
@@ -276,6 +292,9 @@ static int setup(run *r)
     return 0;
 }
 
+/* Undoes setup once the pool has drained and the supervisor has reaped every orphan: the
+ * metrics server goes first (it reads the pool), the pool before the slots its workers
+ * used. */
 static void teardown(run *r)
 {
     metrics_stop();
@@ -334,7 +353,10 @@ int main(int argc, char **argv)
     sigaddset(&r.signals_taken, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &r.signals_taken, NULL);
     signal(SIGPIPE, SIG_IGN);
-    mallopt(M_ARENA_MAX, 1); /* workers allocate little: one arena keeps RSS small */
+    /* glibc gives each thread that allocates its own arena (a 64 MiB mapping and its first
+     * touched pages); crew's workers allocate little, so one shared arena keeps the
+     * resident size near xargs' even at -j50. */
+    mallopt(M_ARENA_MAX, 1);
     if (setup(&r) || input_open(&in, &o, r.input_wake)) {
         status = EXIT_ERROR;
         if (r.pool) {

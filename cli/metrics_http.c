@@ -143,7 +143,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
     return rc;
 }
 
-/* Splits ADDR into host (NULL: loopback) and port. */
+/* Splits ADDR into host (empty: loopback) and port. The last colon separates them, so a
+ * bare IPv6 address must be bracketed ([::1]:9090), as in URLs. */
 static int split_addr(const char *addr, char *host, size_t hn, char *port, size_t pn)
 {
     const char *colon;
@@ -187,7 +188,9 @@ int metrics_start(run *r, const char *addr)
         msg("--metrics %s: %s", addr, gai_strerror(gai));
         return -EINVAL;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG * 0;
+    /* One internal thread polls and answers: scrapes are rare and cheap, and the thread
+     * inherits crew's signal mask, so signals still go to the supervisor only. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     daemon_ = mhd.start_daemon(flags, 0, NULL, NULL, answer, r, MHD_OPTION_SOCK_ADDR, ai->ai_addr,

@@ -132,7 +132,8 @@ static const struct option longopts[] = {
     {NULL, 0, NULL, 0},
 };
 
-/* Prints the error line and the usage hint; returns EXIT_ERROR. */
+/* Prints the error line and the usage hint; returns EXIT_ERROR. Every message names the
+ * option as the user knows it and says what was expected, then what was given. */
 static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int bad(const char *fmt, ...)
 {
@@ -155,6 +156,8 @@ static const char *opt_name(int c, int longidx)
     return s;
 }
 
+/* A decimal number from 0 to max; no sign, no trailing text (strtoul alone would take
+ * "-1" as a huge number and "5x" as 5). */
 static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 {
     char *end;
@@ -168,6 +171,8 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
     return 0;
 }
 
+/* -j: N, N% of the CPUs, or CPUs+N / CPUs-N, at least 1 (GNU parallel's forms, except
+ * -j0, which GNU takes as "unlimited" and crew refuses: a bound is the point). */
 static int parse_jobs(const char *s, unsigned *out)
 {
     unsigned long ncpu = crew_ncpu(), v;
@@ -197,6 +202,7 @@ static int parse_jobs(const char *s, unsigned *out)
     return 0;
 }
 
+/* -d: one byte, or one of the escapes a shell makes awkward to type. */
 static int parse_delim(const char *s, char *out)
 {
     if (s[0] && !s[1]) {
@@ -496,6 +502,9 @@ int opts_parse(opts *o, int argc, char **argv, bool *exit_now)
             return bad("%s: unknown option", argv[optind - 1]);
         }
     }
+    /* Defaults that depend on -j. A queue of -j jobs keeps every worker fed without
+     * reading further ahead than needed; the -k window lets 1024 jobs finish ahead of the
+     * oldest unprinted one, beyond those running and queued. */
     if (o->jobs == 0)
         o->jobs = crew_ncpu();
     if (o->queue == 0)

@@ -49,7 +49,9 @@ int tmpfile_open(void)
     return fd;
 }
 
-/* Writes all n bytes at offset off of fd (pwrite) or at its position (off < 0). */
+/* Writes all n bytes at offset off of fd (pwrite) or at its position (off < 0), through
+ * short writes and EINTR. Spill files are written with pwrite at explicit offsets, so a
+ * buffer never depends on a file position another reader may have moved. */
 static int put_all(int fd, const char *p, size_t n, int64_t off)
 {
     while (n > 0) {
@@ -88,7 +90,9 @@ static int spill(outbuf *b)
     return 0;
 }
 
-/* Makes room for at least want more bytes in memory (up to OUTBUF_MEM_MAX in all). */
+/* Makes room for at least want more bytes in memory (up to OUTBUF_MEM_MAX in all). The
+ * buffer doubles from GROW_STEP, so a job that prints one line costs one small allocation,
+ * kept by its worker for the next job. */
 static int reserve(outbuf *b, size_t want)
 {
     if (b->cap - b->len >= want)
@@ -144,6 +148,8 @@ ssize_t outbuf_read_from(outbuf *b, int fd)
                 if (rc)
                     return rc;
             }
+            /* Past the memory limit: move the pipe's pages straight into the file. Some
+             * file systems refuse splice (EINVAL): then copy through a small buffer. */
             loff_t at = (loff_t)(b->off + b->len);
             got = splice(fd, NULL, b->fd, &at, IO_CHUNK, 0);
             if (got < 0 && errno == EINVAL) {
@@ -169,6 +175,8 @@ int outbuf_write_to(const outbuf *b, int fd)
 {
     if (b->fd < 0)
         return put_all(fd, b->mem, b->len, -1);
+    /* sendfile copies inside the kernel to any output (a terminal, a pipe, a file); an
+     * output it cannot write to (EINVAL) gets the bytes through pread and write. */
     off_t off = (off_t)b->off;
     size_t left = b->len;
     while (left > 0) {
@@ -300,6 +308,9 @@ void outbuf_free(outbuf *b)
 
 int outbuf_park(outbuf *dst, outbuf *b, size_t *mem_budget, int sfd, uint64_t *sfd_end)
 {
+    /* Three cases: nothing to keep; small enough for the budget (a copy, so that the
+     * worker keeps its buffer); otherwise appended to the shared file, from memory or, for
+     * output that had already spilled, file to file with copy_file_range. */
     int rc = 0;
     if (b->len == 0) {
         /* nothing to keep */

@@ -45,7 +45,9 @@ extern char **environ;
 
 /* ---- slots ----------------------------------------------------------------------------- */
 
-/* Builds the jobs' environment: crew's, without CREW_SEQ/CREW_SLOT, plus the slot's own. */
+/* Builds the jobs' environment: crew's, without CREW_SEQ/CREW_SLOT, plus the slot's own.
+ * The array is built once per slot; per job only the digits of CREW_SEQ change in place, so
+ * spawning a job copies no environment. */
 static int slot_env(slot *s)
 {
     size_t n = 0;
@@ -233,7 +235,9 @@ static void wait_child(run *r, slot *s, job *j, waiter *w, struct pollfd *pf, cr
     }
 }
 
-/* After the main process exited: takes what is already in the pipes, then closes them. */
+/* After the main process exited: takes what is already in the pipes, then closes them.
+ * It does not wait for EOF: a background child of the job may hold the pipes open for as
+ * long as it lives, and it is about to be terminated anyway. */
 static void drain_pipes(run *r, job *j, slot *s, struct pollfd *pf)
 {
     for (;;) {

@@ -151,7 +151,9 @@ int shell_quote(strbuf *b, const char *s)
 
 /* ---- parsing --------------------------------------------------------------------------- */
 
-/* Recognises a replacement string at s ("{...}"): its length, or 0 if it is not one. */
+/* Recognises a replacement string at s ("{...}"): its length, or 0 if it is not one. A
+ * brace that starts none of them stays literal text (and, being special to some shells,
+ * sends the job through the shell). */
 static size_t parse_token(const char *s, int *kind, unsigned *argi)
 {
     static const struct {
@@ -223,7 +225,10 @@ static bool executable(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
 }
 
-/* The path execvp would run for name, or NULL. */
+/* The path execvp would run for name, or NULL. Resolved once, when crew starts, so the
+ * per-job path is posix_spawn on a fixed path with no PATH search; a command that appears
+ * in PATH later is not seen (a shell would see it), which is why "not found" goes to the
+ * shell. */
 static char *resolve(const char *name)
 {
     if (strchr(name, '/'))
@@ -264,7 +269,9 @@ static char *pick_shell(void)
     return strdup("/bin/sh");
 }
 
-/* Splits the segments into words at spaces and tabs, for direct exec. */
+/* Splits the segments into words at spaces and tabs, for direct exec. A word may mix
+ * literal text and replacement strings ("x{}.gz"); tokens never split a word, only the
+ * spaces of the literal text do. */
 static int split_words(tmpl *t)
 {
     bool in_word = false;
@@ -312,7 +319,10 @@ static int split_words(tmpl *t)
     return 0;
 }
 
-/* Can the job run without a shell? Sets t->exe when it can. */
+/* Can the job run without a shell? Sets t->exe when it can. The test is on the template,
+ * once: substituted values never matter, since in direct mode they become whole words (or
+ * parts of one) exactly as their single-quoted form would in the shell. '=' is plain in
+ * arguments but an assignment in the first word, so that word is checked apart. */
 static int decide_direct(tmpl *t)
 {
     for (size_t i = 0; i < t->nsegs; i++) {
@@ -442,7 +452,9 @@ static int put_number(strbuf *b, uint64_t v)
     return sb_printf(b, "%llu", (unsigned long long)v);
 }
 
-/* Shell mode: one replacement string, each value quoted. */
+/* Shell mode: one replacement string, each value quoted. The transformed value (not the
+ * argument) is what gets quoted, so {.} of "a b.c" is 'a b', one word. An argument index
+ * past the job's arguments gives '' (an empty word, as GNU parallel's {3} with two). */
 static int put_shell_token(strbuf *b, strbuf *tmp, const seg *s, const job *j, unsigned slotno)
 {
     if (s->kind == T_SEQ)
@@ -508,7 +520,9 @@ static int end_word(expansion *x)
     return sb_putc(&x->text, '\0');
 }
 
-/* Builds the direct argv for j. */
+/* Builds the direct argv for j: the words' bytes go NUL-separated into one buffer, their
+ * offsets into offs, and argv is pointed at them only at the end, since the buffer may move
+ * while it grows. */
 static int build_argv(const tmpl *t, const job *j, unsigned slotno, expansion *x)
 {
     x->text.len = 0;
