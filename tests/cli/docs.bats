@@ -51,3 +51,14 @@ help_options() {
     [[ $output == *"now,fail=1"* ]]
     [[ $output == *"--retries"* && $output == *"--retry-delay"* ]]
 }
+
+@test "the demo jobs file shows a retry, a timeout and ordered output" {
+    run --separate-stderr "$CREW" -k -j4 --bar --timeout 1s --retries 1 --retry-delay 100ms \
+        -a "$ROOT/cli/demo.jobs"
+    [ "$status" -eq 1 ]
+    [ "${#lines[@]}" -eq 15 ]
+    for i in $(seq 15); do [[ ${lines[$((i - 1))]} == "$(printf %02d "$i") "* ]]; done
+    [[ $stderr == *"job 1 exited with 1: try 2 of 2"* ]]
+    [[ $stderr == *"job 2 timed out after 1.00s"* ]]
+    [[ $stderr == *"14 ok, 1 failed (1 timed out), 2 retried, 0 not started"* ]]
+}

@@ -79,7 +79,7 @@ load helper
 
 @test "--bar on a terminal: done/total, rate and ETA" {
     command -v script >/dev/null || skip "script(1) is not installed"
-    run script -qec "$CREW -q --bar -j2 'sleep 0.3' ::: 1 2 3 4" /dev/null
+    run script -qec "$CREW -q --bar -j2 'sleep 0.3; : {}' ::: 1 2 3 4" /dev/null
     [ "$status" -eq 0 ]
     [[ $output == *"[##############################] 4/4 "*"/s ETA "* ]]
 }
