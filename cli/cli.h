@@ -321,8 +321,9 @@ void output_emit(run *r, job *j);
 int output_lines(run *r, const job *j, outbuf *b, int fd, bool final);
 /* Writes all of buf to fd (no lock). 0 or -errno. */
 int write_all(int fd, const void *buf, size_t n);
-/* The lock that orders output (for the progress ticker). */
-void output_lock(void);
+/* Takes the lock that orders output if it is free (for the progress ticker): true if so,
+ * then release it with output_unlock. */
+bool output_trylock(void);
 void output_unlock(void);
 
 /* ---- supervisor -------------------------------------------------------------------- */

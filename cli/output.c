@@ -111,9 +111,9 @@ static void print_clear(run *r, job *j)
         progress_draw(r, false);
 }
 
-void output_lock(void)
+bool output_trylock(void)
 {
-    pthread_mutex_lock(&out_lock);
+    return pthread_mutex_trylock(&out_lock) == 0;
 }
 
 void output_unlock(void)

@@ -406,9 +406,12 @@ static void *supervise(void *arg)
         }
         int64_t next = kill_due();
         if (sup.next_tick >= 0 && crew_now() >= sup.next_tick) {
-            output_lock();
-            progress_draw(r, false);
-            output_unlock();
+            /* Never wait for the output lock: a job's output may be stuck on a full pipe,
+             * and the supervisor must stay free for signals. A busy lock skips a frame. */
+            if (output_trylock()) {
+                progress_draw(r, false);
+                output_unlock();
+            }
             sup.next_tick = crew_now() + period;
         }
         if (atomic_load(&sup.quit))
