@@ -240,6 +240,12 @@ void output_emit(run *r, job *j)
         }
         return;
     }
+    if (j->state == JOB_SKIPPED) {
+        /* Nothing to print; and this may be the supervisor discarding queued jobs, which
+         * must not wait behind a print stuck on a full pipe. */
+        job_free(j);
+        return;
+    }
     pthread_mutex_lock(&out_lock);
     print_clear(r, j);
     pthread_mutex_unlock(&out_lock);
