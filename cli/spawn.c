@@ -268,7 +268,8 @@ static void spawn_failed(run *r, slot *s, job *j, int err)
     j->exit_code = err == ENOENT ? 127 : 126;
     j->sig = 0;
     char line[512];
-    int n = snprintf(line, sizeof line, "crew: cannot run %s: %s\n", s->x.argv[0], strerror(err));
+    const char *what = s->x.argv && s->x.argv[0] ? s->x.argv[0] : "the command";
+    int n = snprintf(line, sizeof line, "crew: cannot run %s: %s\n", what, strerror(err));
     if (r->o->ungroup)
         write_all(2, line, (size_t)n);
     else

@@ -111,3 +111,12 @@ load helper
     [ "$status" -eq 255 ]
     [[ $stderr == "crew: --queue: expected a number of jobs from 1"* ]]
 }
+
+@test ":::: with no file, and stdin as a later source, are errors" {
+    run --separate-stderr "$CREW" echo ::::
+    [ "$status" -eq 255 ]
+    [ "${stderr_lines[0]}" = "crew: ::::: expected at least one FILE after it" ]
+    run --separate-stderr "$CREW" echo ::: a :::: -
+    [ "$status" -eq 255 ]
+    [ "${stderr_lines[0]}" = "crew: -a -: standard input can only be the first source" ]
+}

@@ -184,3 +184,16 @@ http_get() {
     [ "$status" -eq 255 ]
     [[ ${stderr_lines[0]} == "crew: --delay: expected a duration"* ]]
 }
+
+@test "--metrics: a port already in use is an error before anything runs" {
+    "$CREW" --metrics 0 'while [ ! -e go ]; do sleep 0.02; done; : {}' ::: 1 >out 2>err &
+    pid=$!
+    wait_until 'grep -q "metrics on http://127.0.0.1:" err'
+    port=$(sed -n 's|.*metrics on http://127.0.0.1:\([0-9]*\)/metrics.*|\1|p' err)
+    run --separate-stderr "$CREW" --metrics "127.0.0.1:$port" touch ran ::: 1
+    [ "$status" -eq 255 ]
+    [ "${stderr_lines[0]}" = "crew: --metrics 127.0.0.1:$port: cannot listen there" ]
+    [ ! -e ran ]
+    touch go
+    wait "$pid"
+}

@@ -155,3 +155,14 @@ marking_shell() {
     run --separate-stderr "$CREW" -q -k -j2 ./fds.sh ::: 1 2
     [ "$output" = "$direct"$'\n'"$direct" ]
 }
+
+@test "a program that vanished after crew started: 127 and a message, not a crash" {
+    printf '#!/bin/sh\nrm -f ./prog\necho ran {}\n' >prog
+    sed -i 's/{}/$1/' prog
+    chmod +x prog
+    run --separate-stderr "$CREW" -q -k -j1 --joblog log ./prog ::: 1 2
+    [ "$status" -eq 1 ]
+    [ "$output" = "ran 1" ]
+    [[ $stderr == "crew: cannot run ./prog: No such file or directory" ]]
+    [ "$(tail -1 log | cut -f1,7)" = $'2\t127' ]
+}
