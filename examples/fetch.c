@@ -1,11 +1,13 @@
 /*
  * fetch - the seeds' concurrent URL fetcher, on a libcrew pool and libcurl.
  *
- *   fetch [-j N] [-t TIMEOUT] [-d DEADLINE] [URL...]
+ *   fetch [-j N] [-t TIMEOUT] [-d DEADLINE] [-r RETRIES] [--rate N/s] [URL...]
  *
  *   -j, --jobs N          requests in flight at once, 1-1024 (default 8)
  *   -t, --timeout T       budget of each request, connecting included (default 30s)
  *   -d, --deadline T      budget of the whole run (default none)
+ *   -r, --retries N       tries after the first for a transient failure, 0-100 (default 0)
+ *       --rate N[/s]      start at most N requests per second (default no limit)
  *   -h, --help            this text
  *
  * Durations are crew_duration_parse's: "500ms", "10s", "1m30s", or bare seconds. With no
@@ -49,7 +51,13 @@
  * main only after crew_pool_wait has returned, which orders the two. The share's mutexes
  * are the only locks taken, and only inside libcurl.
  *
- * Retries and a rate limit slot into fetch_job: see the comment there.
+ * Retries and the rate limit are the pool's own options. With -r the pool gets a retry
+ * policy (crew_pool_opts.retry): a request that failed transiently (its own timeout,
+ * refused, connect, empty-reply, recv, send, partial, http-5xx, http-429) is tried again
+ * inside its worker after an exponential backoff with full jitter, which the deadline cuts
+ * short; the summary counts the retries from the pool's metrics. With --rate the pool takes
+ * a token from a crew_rate (burst 1) before starting each request (crew_pool_opts.rate), so
+ * retries, which run inside the job, are not counted against the rate.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <crew.h>
@@ -68,13 +76,16 @@
 #include <string.h>
 
 #define MAX_WORKERS 1024
-#define USAGE       "usage: fetch [-j N] [-t TIMEOUT] [-d DEADLINE] [URL...]"
+#define MAX_RETRIES 100
+#define USAGE       "usage: fetch [-j N] [-t TIMEOUT] [-d DEADLINE] [-r N] [--rate N/s] [URL...]"
 
 /* What the command line asked for. */
 typedef struct config {
     unsigned workers; /* -j: requests in flight at once */
     int64_t timeout;  /* -t: budget of one request, ns */
     int64_t deadline; /* -d: budget of the whole run, ns; 0 = none */
+    unsigned retries; /* -r: tries after the first for a transient failure */
+    double rate;      /* --rate: requests started per second; 0 = no limit */
 } config;
 
 /* One URL and what became of it. Written by the one thread that reports it (the worker
@@ -265,8 +276,20 @@ static void curl_reason(CURL *e, CURLcode cc, char *out, size_t size)
     snprintf(out, size, "curl-%d", (int)cc);
 }
 
+/* True for the failures worth another try: the server or the network may do better. */
+static bool transient(const char *reason, long status)
+{
+    static const char *const again[] = {"timeout", "refused", "connect", "empty-reply",
+                                        "recv",    "send",    "partial"};
+    for (size_t i = 0; i < sizeof again / sizeof again[0]; i++)
+        if (strcmp(reason, again[i]) == 0)
+            return true;
+    return strncmp(reason, "http-", 5) == 0 && (status >= 500 || status == 429);
+}
+
 /* One attempt at r's URL on w's handle. Fills r and returns 0 for an OK response, else
- * CREW_ECANCELED (ctx done), CREW_ETIMEDOUT (the request's budget) or -EIO. */
+ * CREW_ECANCELED (ctx done), CREW_ETIMEDOUT (the request's budget), -EAGAIN (another
+ * transient failure) or -EIO (a failure another try would not mend). */
 static int attempt(worker *w, crew_ctx *ctx, request *r)
 {
     r->reason[0] = '\0';
@@ -289,7 +312,7 @@ static int attempt(worker *w, crew_ctx *ctx, request *r)
         return 0;
     if (cc == CURLE_OK) {
         snprintf(r->reason, sizeof r->reason, "http-%ld", r->status);
-        return -EIO;
+        return transient(r->reason, r->status) ? -EAGAIN : -EIO;
     }
     /* Whatever broke a transfer that the deadline has ended, the deadline is the cause. */
     if (crew_ctx_done(ctx) || cc == CURLE_ABORTED_BY_CALLBACK) {
@@ -297,17 +320,21 @@ static int attempt(worker *w, crew_ctx *ctx, request *r)
         return CREW_ECANCELED;
     }
     curl_reason(e, cc, r->reason, sizeof r->reason);
-    return cc == CURLE_OPERATION_TIMEDOUT ? CREW_ETIMEDOUT : -EIO;
+    if (cc == CURLE_OPERATION_TIMEDOUT)
+        return CREW_ETIMEDOUT;
+    return transient(r->reason, r->status) ? -EAGAIN : -EIO;
 }
 
-/* The pool job for one URL. Its return value only feeds the pool's counters.
- *
- * Where retries and a rate limit go: `--retries N` wraps this attempt() in a crew_retry
- * loop (retrying the transient failures: timeout, refused, connect, empty-reply, recv and
- * http-5xx; its backoff sleeps on ctx, so the deadline still ends a retrying request as
- * cancelled); `--rate N/s` takes a token before each attempt (crew_rate_wait on ctx), or
- * sets the pool's start-rate option where main fills crew_pool_opts. Both add a field to
- * config and an entry to parse_args's option table. */
+/* The retry policy's predicate: attempt() said which failures are transient. A request's
+ * own timeout is one of them; the deadline (CREW_ECANCELED) is not. */
+static bool retryable(int err, void *arg)
+{
+    (void)arg;
+    return err == -EAGAIN || err == CREW_ETIMEDOUT;
+}
+
+/* The pool job for one URL, called once per try. Its return value feeds the pool's
+ * counters and its retry policy. */
 static int fetch_job(crew_ctx *ctx, void *arg)
 {
     request *r = arg;
@@ -434,13 +461,15 @@ static int parse_args(int argc, char **argv, config *cfg)
         {"jobs", required_argument, NULL, 'j'},
         {"timeout", required_argument, NULL, 't'},
         {"deadline", required_argument, NULL, 'd'},
+        {"retries", required_argument, NULL, 'r'},
+        {"rate", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     *cfg = (config){.workers = 8, .timeout = 30 * CREW_SEC};
     opterr = 0; /* the messages below name the option and what it expects */
     int c, rc;
-    while ((c = getopt_long(argc, argv, ":j:t:d:h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":j:t:d:r:h", longs, NULL)) != -1) {
         switch (c) {
         case 'j': {
             char *end;
@@ -450,6 +479,29 @@ static int parse_args(int argc, char **argv, config *cfg)
                 return usage_error("-j: expected a number of workers from 1 to 1024, got '%s'",
                                    optarg);
             cfg->workers = (unsigned)v;
+            break;
+        }
+        case 'r': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (!isdigit((unsigned char)optarg[0]) || *end || errno || v > MAX_RETRIES)
+                return usage_error("-r: expected a number of retries from 0 to 100, got '%s'",
+                                   optarg);
+            cfg->retries = (unsigned)v;
+            break;
+        }
+        case 'R': {
+            char *end;
+            errno = 0;
+            double v = strtod(optarg, &end);
+            if (end != optarg && strcmp(end, "/s") == 0)
+                end += 2;
+            if (end == optarg || *end || errno || !(v > 0) || v > 1e9)
+                return usage_error("--rate: expected requests per second such as 10 or 2.5/s, "
+                                   "got '%s'",
+                                   optarg);
+            cfg->rate = v;
             break;
         }
         case 't':
@@ -464,7 +516,9 @@ static int parse_args(int argc, char **argv, config *cfg)
             printf(USAGE "\n\n"
                          "  -j, --jobs N        requests in flight at once, 1-1024 (default 8)\n"
                          "  -t, --timeout T     budget of each request (default 30s)\n"
-                         "  -d, --deadline T    budget of the whole run (default none)\n\n"
+                         "  -d, --deadline T    budget of the whole run (default none)\n"
+                         "  -r, --retries N     more tries for a transient failure (default 0)\n"
+                         "      --rate N[/s]    start at most N requests a second\n\n"
                          "Without URL arguments, reads one URL per line from standard input.\n"
                          "Prints OK <status> <bytes> <ms> <url> or FAIL <reason> <url> per URL,\n"
                          "in input order. Exit status: 0 all OK, 1 some failed, 2 usage, 3 "
@@ -499,7 +553,7 @@ static void run(crew_pool *pool, crew_ctx *deadline, url_list *l)
 }
 
 /* Prints one line per URL and the summary; returns the exit status. */
-static int report(const url_list *l, int64_t wall)
+static int report(const url_list *l, int64_t wall, uint64_t retried)
 {
     size_t ok = 0, timeouts = 0, cancelled = 0;
     long connects = 0;
@@ -523,8 +577,9 @@ static int report(const url_list *l, int64_t wall)
     }
     fprintf(stderr,
             "fetch: %zu urls in %.2f s: %zu ok, %zu failed (%zu timeout, %zu cancelled), "
-            "%ld connections\n",
-            l->n, (double)wall / 1e9, ok, l->n - ok, timeouts, cancelled, connects);
+            "%llu retries, %ld connections\n",
+            l->n, (double)wall / 1e9, ok, l->n - ok, timeouts, cancelled,
+            (unsigned long long)retried, connects);
     return ok == l->n ? 0 : 1;
 }
 
@@ -555,6 +610,8 @@ int main(int argc, char **argv)
     shared sh = {0};
     crew_ctx *deadline = NULL;
     crew_pool *pool = NULL;
+    crew_rate *rate = NULL;
+    uint64_t retried = 0;
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "fetch: cannot initialise libcurl\n");
         goto err_free_urls;
@@ -568,6 +625,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "fetch: cannot set the deadline: %s\n", crew_strerror(rc));
         goto err_shared;
     }
+    if (cfg.rate > 0 && (rc = crew_rate_create(&rate, cfg.rate, 1)) != 0) {
+        fprintf(stderr, "fetch: cannot set the rate: %s\n", crew_strerror(rc));
+        goto err_ctx;
+    }
+    /* Backoffs from 50 ms, doubling up to 2 s, with full jitter. */
+    const crew_retry policy = {.attempts = cfg.retries + 1,
+                               .base = 50 * CREW_MSEC,
+                               .cap = 2 * CREW_SEC,
+                               .retryable = retryable};
     if (urls.n > 0) {
         unsigned workers = urls.n < cfg.workers ? (unsigned)urls.n : cfg.workers;
         crew_pool_opts opts = {.name = "fetch",
@@ -578,16 +644,23 @@ int main(int argc, char **argv)
                                .fini = worker_fini,
                                .hook_arg = &sh,
                                .discard = discard_job,
+                               .retry = cfg.retries ? &policy : NULL,
+                               .rate = rate,
                                .flags = CREW_POOL_NO_TIMING};
         if ((rc = crew_pool_create(&pool, &opts)) != 0) {
             fprintf(stderr, "fetch: cannot start %u workers: %s\n", workers, crew_strerror(rc));
-            goto err_ctx;
+            goto err_rate;
         }
         run(pool, deadline, &urls);
+        crew_stats st;
+        crew_pool_stats(pool, &st);
+        retried = st.retried;
         crew_pool_destroy(pool);
     }
-    status = report(&urls, crew_now() - t0);
+    status = report(&urls, crew_now() - t0, retried);
 
+err_rate:
+    crew_rate_destroy(rate);
 err_ctx:
     crew_ctx_release(deadline);
 err_shared:

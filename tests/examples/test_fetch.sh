@@ -162,6 +162,38 @@ echo "many: 500 URLs, -j 16: $requests requests on $conns connections"
 [ "$conns" -eq "${reported:--1}" ] ||
     fail "many: fetch reports ${reported:-no} connections, the server saw $conns"
 
+# ---- retries: transient failures are tried again, others are not -------------------
+cat >"$tmp/retry.want" <<EOF
+FAIL http-503 $b/status/503
+FAIL http-404 $b/status/404
+OK 200 3 - $b/ok
+EOF
+read -r c0 r0 < <(stats)
+run retry -j 1 -r 2 $(sed -n 's/^.* //p' "$tmp/retry.want")
+read -r c1 r1 < <(stats)
+expect_rc retry 1
+expect_out retry
+expect_err retry ', 2 retries, '
+requests=$((r1 - r0 - 1))
+[ "$requests" -eq 5 ] || fail "retry: the server saw $requests requests, expected 3 + 1 + 1"
+run retry_refused -r 1 "http://127.0.0.1:$refused/ok"
+expect_rc retry_refused 1
+expect_err retry_refused ', 1 retries, '
+# The deadline ends a retrying request, however many tries are left.
+run retry_deadline -r 100 -d 300ms "$b/status/503"
+expect_rc retry_deadline 1
+grep -Eqx "FAIL (cancelled|http-503) $b/status/503" "$tmp/retry_deadline.out" ||
+    fail "retry_deadline: $(cat "$tmp/retry_deadline.out")"
+
+# ---- --rate: starts are spaced (a lower bound on the time: never flaky) -------------
+t0=$(date +%s%N)
+run rate -j 4 --rate 20/s "$b/ok" "$b/ok?2" "$b/ok?3" "$b/ok?4"
+t1=$(date +%s%N)
+expect_rc rate 0
+ms=$(((t1 - t0) / 1000000))
+echo "rate: 4 requests at 20/s took $ms ms (at least 150 expected)"
+[ "$ms" -ge 140 ] || fail "rate: 4 requests at 20/s took only $ms ms"
+
 # ---- usage errors: one line naming the option, a usage hint, exit 2 -----------------
 usage_case() { # NAME REGEX ARGS...
     local name=$1 want=$2
@@ -183,7 +215,11 @@ usage_case usage_t0 "^fetch: -t: expected a positive duration .*, got '0s'" -t 0
 usage_case usage_d "^fetch: -d: expected a positive duration .*, got '-1s'" -d -1s "$b/ok"
 usage_case usage_dunit "^fetch: -d: expected .*, got '10 parsecs'" --deadline "10 parsecs"
 usage_case usage_unknown "^fetch: unknown option '-x'" -x "$b/ok"
-usage_case usage_long "^fetch: unknown option '--retry'" --retry 3 "$b/ok"
+usage_case usage_long "^fetch: unknown option '--retrys'" --retrys 3 "$b/ok"
+usage_case usage_r "^fetch: -r: expected a number of retries from 0 to 100, got '101'" -r 101 "$b/ok"
+usage_case usage_rword "^fetch: -r: expected a number of retries .*, got 'x'" --retries x
+usage_case usage_rate0 "^fetch: --rate: expected requests per second .*, got '0'" --rate 0 "$b/ok"
+usage_case usage_rateword "^fetch: --rate: expected .*, got '5/min'" --rate 5/min "$b/ok"
 usage_case usage_missing "^fetch: -j: expected a value after it" "$b/ok" -j
 usage_case usage_missing_long "^fetch: --timeout: expected a value after it" --timeout
 run help -h
