@@ -1,0 +1,120 @@
+#!/usr/bin/env bats
+# Signals: drain on the first, terminate on the second, kill on the third; nothing left.
+
+load helper
+
+# Starts crew in the background on N jobs that each record their pid, trap SIGTERM (to
+# write term.SEQ and exit 7 when $1 is "trap", or to ignore it when $1 is "ignore") and
+# wait for the file "go". Sets $pid; waits until $2 jobs run.
+start_jobs() {
+    local mode=$1 running=$2 n=$3
+    local body='echo $$ >pid.{}; while [ ! -e go ]; do sleep 0.02; done; echo done {}'
+    case $mode in
+    trap) body="trap 'echo term >term.{}; exit 7' TERM; $body" ;;
+    ignore) body="trap '' TERM; $body" ;;
+    esac
+    # A background job of a script starts with SIGINT ignored, and crew keeps it so.
+    env --default-signal=INT "$CREW" -j"$running" "$body" ::: $(seq "$n") >out 2>err &
+    pid=$!
+    wait_until "[ \$(ls pid.* 2>/dev/null | wc -l) -eq $running ]"
+}
+
+@test "first SIGINT: no new job starts, running ones finish, summary printed, 130" {
+    start_jobs plain 2 6
+    kill -INT "$pid"
+    wait_until 'grep -q "starting no more jobs" err'
+    touch go
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 130 ]
+    [ "$(grep -c '^done' out)" -eq 2 ]
+    [ ! -e pid.3 ]
+    grep -q "2 ok, 0 failed (0 timed out), 0 retried, 4 not started" err
+}
+
+@test "first SIGTERM drains too (exit 143); SIGHUP drains (129)" {
+    start_jobs plain 1 3
+    kill -TERM "$pid"
+    wait_until 'grep -q "SIGTERM: starting no more jobs" err'
+    touch go
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 143 ]
+    rm -f go pid.*
+    start_jobs plain 1 3
+    kill -HUP "$pid"
+    wait_until 'grep -q "SIGHUP: starting no more jobs" err'
+    kill -HUP "$pid" # only drains, never escalates
+    touch go
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 129 ]
+    [ "$(grep -c '^done' out)" -eq 1 ]
+}
+
+@test "second SIGINT: every running job's group gets SIGTERM" {
+    start_jobs trap 2 4
+    kill -INT "$pid"
+    wait_until 'grep -q "starting no more jobs" err'
+    kill -INT "$pid"
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 130 ]
+    [ -e term.1 ] && [ -e term.2 ]
+    grep -q "terminating 2 running jobs" err
+    grep -q "0 ok, 2 failed" err
+    none_alive pid.*
+}
+
+@test "third signal: SIGKILL for jobs that ignore SIGTERM" {
+    start_jobs ignore 2 2
+    kill -INT "$pid"
+    wait_until 'grep -q "starting no more jobs" err'
+    kill -INT "$pid"
+    wait_until 'grep -q "terminating" err'
+    kill -TERM "$pid"
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 143 ]
+    grep -q "killing every job" err
+    none_alive pid.*
+}
+
+@test "second signal: jobs ignoring SIGTERM get SIGKILL after --kill-after" {
+    env --default-signal=INT "$CREW" -j1 --kill-after 200ms "trap '' TERM; echo \$\$ >pid.{}; sleep 30 & wait" ::: 1 >out 2>err &
+    pid=$!
+    wait_until '[ -s pid.1 ]'
+    kill -INT "$pid"
+    wait_until 'grep -q "starting no more jobs" err'
+    kill -INT "$pid"
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 130 ]
+    none_alive pid.1
+}
+
+@test "nothing is left running after crew exits, even orphans of a drained run" {
+    env --default-signal=INT "$CREW" -j2 'setsid sh -c "echo \$\$ >orphan.{}; exec sleep 30" & echo $$ >pid.{}; sleep 30' ::: 1 2 >out 2>err &
+    pid=$!
+    wait_until '[ -s orphan.1 ] && [ -s orphan.2 ] && [ -s pid.1 ] && [ -s pid.2 ]'
+    kill -INT "$pid"
+    wait_until 'grep -q "starting no more jobs" err'
+    kill -INT "$pid"
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 130 ]
+    none_alive pid.1 pid.2 orphan.1 orphan.2
+}
+
+@test "a signal ignored when crew starts stays ignored (nohup, background jobs)" {
+    "$CREW" -j1 'echo $$ >pid.{}; while [ ! -e go ]; do sleep 0.02; done; echo done {}' ::: 1 >out 2>err &
+    pid=$!
+    wait_until '[ -s pid.1 ]'
+    kill -INT "$pid" # bats starts background jobs with SIGINT ignored
+    nohup_pid=$pid
+    touch go
+    status=0
+    wait "$nohup_pid" || status=$?
+    [ "$status" -eq 0 ]
+    ! grep -q SIGINT err
+}
