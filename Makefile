@@ -1,7 +1,8 @@
 # crew - a thin wrapper over CMake. `make help` lists the targets.
 #
 # make            build the optimised tree in build/release
-# make demo       build, then run the pool demo
+# make demo       build, then run the crew command on its demo jobs (cli/demo.jobs)
+# make demo-pool  build, then run the pool demo (examples/demo.c)
 # make test       clang-format check, then the whole suite three times: optimised (gcc),
 #                 under ThreadSanitizer (gcc), under ASan+LSan+UBSan (clang)
 # make bench      build and run the side-by-side benchmarks (figures, never assertions)
@@ -14,7 +15,7 @@ export CREW_STRESS_SCALE ?= 4
 CMAKE ?= cmake
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null || find include src tests bench examples cli -name '*.[ch]')
 
-.PHONY: all build demo test test-release test-tsan test-asan format format-check bench install clean help
+.PHONY: all build demo demo-pool test test-release test-tsan test-asan format format-check bench install clean help
 
 all: build
 
@@ -22,7 +23,15 @@ build:
 	@$(CMAKE) -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER=gcc >/dev/null
 	@$(CMAKE) --build build/release -j $(JOBS)
 
+# The demo's exit status is the number of failed jobs, as GNU parallel's: one, the job its
+# --timeout stops.
 demo: build
+	@./build/release/cli/crew -k -j4 --bar --timeout 1s --retries 1 --retry-delay 100ms \
+		-a cli/demo.jobs; st=$$?; \
+	echo "demo: crew exited with status $$st: the number of failed jobs (the one --timeout stopped)"; \
+	[ $$st -le 1 ]
+
+demo-pool: build
 	./build/release/examples/demo
 
 # One build tree per flavour; every tree runs the whole suite.
@@ -69,4 +78,4 @@ clean:
 	rm -rf build
 
 help:
-	@sed -n '3,10p' Makefile
+	@sed -n '3,9p' Makefile
