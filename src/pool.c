@@ -108,8 +108,9 @@ typedef struct crew_future ext;
 typedef struct worker {
     /* Single-writer counters, written by this worker only (crew__count). */
     _Atomic uint64_t started, succeeded, failed, cancelled, timed_out, retried;
-    _Atomic uint64_t busy; /* 1 while inside a job */
-    crew__hist wait, run;  /* queue wait and run time of the jobs this worker took */
+    _Atomic uint64_t busy;  /* 1 while inside a job */
+    crew__hist *wait, *run; /* queue wait and run time of the jobs this worker took; NULL
+                               without timing (5 KiB a worker that nobody would read) */
     crew_pool *pool;
     unsigned id;
     pthread_t thread;
@@ -421,7 +422,7 @@ static void drop(crew_pool *p, worker *w, ext *e, crew_job_fn fn, void *arg, int
     if (discard)
         discard(fn, arg, reason);
     if (p->timing && submit_ticks)
-        crew__hist_add(&w->wait, crew__ticks_to_ns(crew__ticks() - submit_ticks));
+        crew__hist_add(w->wait, crew__ticks_to_ns(crew__ticks() - submit_ticks));
     crew__count(reason == CREW_ETIMEDOUT ? &w->timed_out : &w->cancelled, 1);
     deliver(p, e, fn, arg, reason, 0);
 }
@@ -509,8 +510,8 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
         crew__ctx_fini_child(mine);
     if (p->timing) {
         uint64_t end = crew__ticks();
-        crew__hist_add(&w->wait, crew__ticks_to_ns(start - submit_ticks));
-        crew__hist_add(&w->run, crew__ticks_to_ns(end - start));
+        crew__hist_add(w->wait, crew__ticks_to_ns(start - submit_ticks));
+        crew__hist_add(w->run, crew__ticks_to_ns(end - start));
         *clock = end;
     }
     crew__count(rc == 0                ? &w->succeeded
@@ -558,6 +559,14 @@ static void maybe_grow(crew_pool *p);
 static void reap_locked(crew_pool *p);
 static void leave_locked(crew_pool *p, worker *w);
 
+/* Frees a worker record and what it owns (any of which may be missing). */
+static void worker_free(worker *w)
+{
+    crew__free(w->wait); /* w->run is its second half */
+    crew__free(w->job_ctx);
+    crew__free(w);
+}
+
 /* Starts one worker. Called with p->lock held. With wait, the lock is dropped while the
  * worker's init hook runs (so a hook may call into the pool) and the hook's result is
  * returned; without (growth from a submit), it returns at once and a failing hook only
@@ -569,8 +578,12 @@ static int spawn_locked(crew_pool *p, bool wait)
     if (!w)
         return CREW_ENOMEM;
     w->job_ctx = crew__aligned_alloc(CREW__CACHELINE, ctx_stride() * (HELP_DEPTH + 1));
-    if (!w->job_ctx) {
-        crew__free(w);
+    if (p->timing && w->job_ctx) {
+        w->wait = crew__aligned_alloc(CREW__CACHELINE, 2 * sizeof(crew__hist));
+        w->run = w->wait ? w->wait + 1 : NULL;
+    }
+    if (!w->job_ctx || (p->timing && !w->wait)) {
+        worker_free(w);
         return CREW_ENOMEM;
     }
     w->pool = p;
@@ -586,8 +599,7 @@ static int spawn_locked(crew_pool *p, bool wait)
         p->workers = w->next; /* still first: the lock was held throughout */
         p->live--;
         atomic_store_explicit(&p->live_hint, p->live, memory_order_relaxed);
-        crew__free(w->job_ctx);
-        crew__free(w);
+        worker_free(w);
         logf_(p, CREW_LOG_ERROR, "worker_create_failed", "error", crew_strerror(rc));
         return rc;
     }
@@ -616,8 +628,10 @@ static void retire_locked(crew_pool *p, worker *w)
     r->cancelled += atomic_load(&w->cancelled);
     r->timed_out += atomic_load(&w->timed_out);
     r->retried += atomic_load(&w->retried);
-    crew__hist_merge(&r->wait, &w->wait);
-    crew__hist_merge(&r->run, &w->run);
+    if (w->wait) {
+        crew__hist_merge(&r->wait, w->wait);
+        crew__hist_merge(&r->run, w->run);
+    }
 }
 
 /* Joins the workers that have left their loop. Called with p->lock held. */
@@ -632,8 +646,7 @@ static void reap_locked(crew_pool *p)
         crew__check(pthread_join(w->thread, NULL));
         *pw = w->next;
         retire_locked(p, w);
-        crew__free(w->job_ctx);
-        crew__free(w);
+        worker_free(w);
     }
 }
 
@@ -1394,8 +1407,10 @@ int crew_pool_stats(crew_pool *p, crew_stats *out)
         out->timed_out += atomic_load_explicit(&w->timed_out, memory_order_relaxed);
         out->retried += atomic_load_explicit(&w->retried, memory_order_relaxed);
         out->running += atomic_load_explicit(&w->busy, memory_order_relaxed);
-        crew__hist_merge(&out->wait, &w->wait);
-        crew__hist_merge(&out->run, &w->run);
+        if (w->wait) {
+            crew__hist_merge(&out->wait, w->wait);
+            crew__hist_merge(&out->run, w->run);
+        }
     }
     crew__check(pthread_mutex_unlock(&p->lock));
     for (unsigned l = 0; l < p->levels; l++)
