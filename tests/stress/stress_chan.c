@@ -14,6 +14,8 @@
 #include "internal.h"
 #include "testutil.h"
 
+#include "stress/chaos.h"
+
 #include <sched.h>
 #include <string.h>
 #include <time.h>
@@ -35,17 +37,13 @@ static uint64_t check_of(uint64_t id)
 
 typedef struct world {
     crew_chan *c;
-    long n;                  /* items, numbered 0..n-1 */
-    _Atomic uint8_t *recvd;  /* times each item was received */
-    uint8_t *sent;           /* 1 if its send returned 0: written by its producer only */
-    _Atomic long received;   /* items received so far */
-    _Atomic int producing;   /* producers still running */
-    _Atomic bool closing;    /* set just before the first close */
-    _Atomic long violations; /* broken rules seen by helper threads */
-    _Atomic long chaos_stop; /* set when the chaos thread must exit */
-    pthread_mutex_t gmu;     /* guards gctx */
-    crew_ctx *gctx;          /* the shared ctx, replaced after each cancel: under gmu */
-    uint64_t seed;
+    long n;                 /* items, numbered 0..n-1 */
+    _Atomic uint8_t *recvd; /* times each item was received */
+    uint8_t *sent;          /* 1 if its send returned 0: written by its producer only */
+    _Atomic long received;  /* items received so far */
+    _Atomic int producing;  /* producers still running */
+    _Atomic bool closing;   /* set just before the first close */
+    chaos chaos;            /* the seed, the violations, the shared ctx and its canceller */
 } world;
 
 typedef struct actor {
@@ -55,79 +53,29 @@ typedef struct actor {
     pthread_t tid;
 } actor;
 
-enum { MODE_FOREVER, MODE_TRY, MODE_DEADLINE, MODE_SHARED_CTX, MODE_TIMEOUT_CTX };
-
-static int pick_mode(uint64_t *seed)
-{
-    uint64_t r = rng_next(seed) % 100;
-    if (r < 45)
-        return MODE_FOREVER;
-    if (r < 60)
-        return MODE_TRY;
-    if (r < 78)
-        return MODE_DEADLINE;
-    if (r < 90)
-        return MODE_SHARED_CTX;
-    return MODE_TIMEOUT_CTX;
-}
-
 static void violation(world *w, const char *what, long a, long b)
 {
-    if (atomic_fetch_add(&w->violations, 1) < 10)
-        fprintf(stderr, "violation: %s (%ld, %ld), seed %llu\n", what, a, b,
-                (unsigned long long)w->seed);
+    chaos_violation(&w->chaos, what, a, b);
 }
 
 /* True if rc is a result that a call made in this mode may return. */
 static bool allowed(world *w, int mode, int rc)
 {
-    if (rc == 0)
-        return true;
     if (rc == CREW_EPIPE)
         return atomic_load(&w->closing);
-    switch (mode) {
-    case MODE_FOREVER:
-        return false;
-    case MODE_TRY:
-        return rc == CREW_EAGAIN;
-    case MODE_DEADLINE: /* a deadline that passed before the call is a try */
-        return rc == CREW_ETIMEDOUT || rc == CREW_EAGAIN;
-    case MODE_SHARED_CTX:
-        return rc == CREW_ECANCELED;
-    default:
-        return rc == CREW_ETIMEDOUT;
-    }
+    return chaos_allowed(mode, rc);
 }
 
 /* One send or receive in a random mode, which goes to *mode_out. */
 static int one_call(world *w, uint64_t *seed, bool send, item *it, int *mode_out)
 {
-    int mode = pick_mode(seed);
+    static const int pct[4] = {45, 15, 18, 12}; /* the rest: a ctx of the call's own */
+    int64_t deadline;
+    crew_ctx *ctx;
+    int mode = chaos_call(&w->chaos, seed, pct, 250 * CREW_USEC, &deadline, &ctx);
     *mode_out = mode;
-    int64_t deadline = CREW_FOREVER;
-    crew_ctx *ctx = NULL;
-    switch (mode) {
-    case MODE_TRY:
-        deadline = CREW_NOW;
-        break;
-    case MODE_DEADLINE:
-        deadline = crew_deadline_in((int64_t)(rng_next(seed) % (200 * CREW_USEC)));
-        break;
-    case MODE_SHARED_CTX:
-        crew__check(pthread_mutex_lock(&w->gmu));
-        ctx = crew_ctx_retain(w->gctx);
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        break;
-    case MODE_TIMEOUT_CTX:
-        if (crew_ctx_with_timeout(NULL, 1 + (int64_t)(rng_next(seed) % (300 * CREW_USEC)), &ctx) !=
-            0) {
-            violation(w, "crew_ctx_with_timeout failed", 0, 0);
-            return CREW_ENOMEM;
-        }
-        break;
-    default:
-        break;
-    }
+    if (mode < 0)
+        return CREW_ENOMEM;
     int rc =
         send ? crew_chan_send(w->c, it, deadline, ctx) : crew_chan_recv(w->c, it, deadline, ctx);
     if (ctx)
@@ -149,7 +97,7 @@ static void *producer(void *arg)
         int rc = one_call(w, &a->seed, true, &it, &mode);
         /* Once closed, a send fails with CREW_EPIPE, or with its ctx's error when the ctx
          * was done before the call looked at the channel. */
-        bool ctx_mode = mode == MODE_SHARED_CTX || mode == MODE_TIMEOUT_CTX;
+        bool ctx_mode = mode == CALL_SHARED_CTX || mode == CALL_TIMEOUT_CTX;
         if (saw_epipe && rc != CREW_EPIPE && !(ctx_mode && rc != 0))
             violation(w, "a send after CREW_EPIPE did not fail with it", id, rc);
         saw_epipe = saw_epipe || rc == CREW_EPIPE;
@@ -191,30 +139,6 @@ static void *consumer(void *arg)
     return NULL;
 }
 
-/* Cancels the shared ctx over and over, from its own thread, while calls wait on it. */
-static void *chaos(void *arg)
-{
-    actor *a = arg;
-    world *w = a->w;
-    while (!atomic_load(&w->chaos_stop)) {
-        /* Pacing the cancels, not synchronising anything. */
-        struct timespec ts = {0, (long)(50 * CREW_USEC + rng_next(&a->seed) % (400 * CREW_USEC))};
-        nanosleep(&ts, NULL);
-        crew_ctx *fresh = NULL;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
-            violation(w, "crew_ctx_with_cancel failed", 0, 0);
-            break;
-        }
-        crew__check(pthread_mutex_lock(&w->gmu));
-        crew_ctx *old = w->gctx;
-        w->gctx = fresh;
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
-    }
-    return NULL;
-}
-
 static void *closer(void *arg)
 {
     return (void *)(intptr_t)crew_chan_close(arg);
@@ -227,19 +151,15 @@ static void run(size_t cap, long n, bool close_early, uint64_t seed)
     world w;
     memset(&w, 0, sizeof w);
     w.n = n;
-    w.seed = seed;
     w.recvd = calloc((size_t)n, sizeof *w.recvd);
     w.sent = calloc((size_t)n, 1);
     assert_non_null(w.recvd);
     assert_non_null(w.sent);
     assert_int_equal(crew_chan_create(&w.c, sizeof(item), cap), 0);
-    assert_int_equal(pthread_mutex_init(&w.gmu, NULL), 0);
-    assert_int_equal(crew_ctx_with_cancel(NULL, &w.gctx), 0);
     atomic_init(&w.producing, PRODUCERS);
 
-    actor prod[PRODUCERS], cons[CONSUMERS], ch;
-    ch = (actor){&w, 0, seed ^ 0xABCDEF, 0};
-    assert_int_equal(pthread_create(&ch.tid, NULL, chaos, &ch), 0);
+    actor prod[PRODUCERS], cons[CONSUMERS];
+    chaos_start(&w.chaos, seed);
     for (unsigned i = 0; i < CONSUMERS; i++) {
         cons[i] = (actor){&w, i, seed * 31 + i + 1, 0};
         assert_int_equal(pthread_create(&cons[i].tid, NULL, consumer, &cons[i]), 0);
@@ -274,8 +194,7 @@ static void run(size_t cap, long n, bool close_early, uint64_t seed)
             assert_int_equal(pthread_join(prod[i].tid, NULL), 0);
     for (unsigned i = 0; i < CONSUMERS; i++)
         assert_int_equal(pthread_join(cons[i].tid, NULL), 0);
-    atomic_store(&w.chaos_stop, true);
-    assert_int_equal(pthread_join(ch.tid, NULL), 0);
+    long violations = chaos_stop(&w.chaos);
 
     long sent = 0, lost = 0, dup = 0, ghost = 0;
     for (long id = 0; id < n; id++) {
@@ -285,11 +204,10 @@ static void run(size_t cap, long n, bool close_early, uint64_t seed)
         dup += r > 1;
         ghost += !w.sent[id] && r != 0;
     }
-    if (lost || dup || ghost || atomic_load(&w.violations))
+    if (lost || dup || ghost || violations)
         fail_msg("cap %zu, close_early %d, seed %llu: %ld lost, %ld duplicated, %ld received "
                  "though their send failed, %ld violations",
-                 cap, close_early, (unsigned long long)seed, lost, dup, ghost,
-                 (long)atomic_load(&w.violations));
+                 cap, close_early, (unsigned long long)seed, lost, dup, ghost, violations);
     printf("cap %zu%s: %ld items, %ld sent and received, seed %llu\n", cap,
            close_early ? ", closed early" : "", n, sent, (unsigned long long)seed);
     assert_int_equal(atomic_load(&w.received), sent);
@@ -298,8 +216,6 @@ static void run(size_t cap, long n, bool close_early, uint64_t seed)
     assert_int_equal(crew__chan_waiters(w.c), 0);
     assert_true(crew_chan_closed(w.c));
 
-    crew_ctx_release(w.gctx);
-    assert_int_equal(pthread_mutex_destroy(&w.gmu), 0);
     crew_chan_destroy(w.c);
     free(w.recvd);
     free(w.sent);
