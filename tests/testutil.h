@@ -164,4 +164,11 @@ static inline long stress_scaled(long n)
     return v > 0 ? v : 1;
 }
 
+/* A stress run's seed: CREW_STRESS_SEED to replay one, else the clock. */
+static inline uint64_t stress_seed(void)
+{
+    const char *s = getenv("CREW_STRESS_SEED");
+    return s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
+}
+
 #endif

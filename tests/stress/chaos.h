@@ -32,13 +32,6 @@ typedef struct chaos {
     pthread_t tid;
 } chaos;
 
-/* The run's seed: CREW_STRESS_SEED to replay one, else the clock. */
-static inline uint64_t stress_seed(void)
-{
-    const char *s = getenv("CREW_STRESS_SEED");
-    return s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
-}
-
 /* Counts a violation and prints the first ten, with the seed that replays them. */
 static inline void chaos_violation(chaos *c, const char *what, long a, long b)
 {

@@ -221,15 +221,9 @@ static void run(size_t cap, long n, bool close_early, uint64_t seed)
     free(w.sent);
 }
 
-static uint64_t base_seed(void)
-{
-    const char *s = getenv("CREW_STRESS_SEED");
-    return s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
-}
-
 static void stress(size_t cap, bool close_early)
 {
-    uint64_t seed = base_seed();
+    uint64_t seed = stress_seed();
     run(cap, stress_scaled(60000), close_early, seed);
 }
 

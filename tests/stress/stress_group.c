@@ -337,16 +337,10 @@ static void round_(uint64_t seed, long per_submitter)
     free(w.tasks);
 }
 
-static uint64_t base_seed(void)
-{
-    const char *s = getenv("CREW_STRESS_SEED");
-    return s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
-}
-
 static void test_rounds(void **state)
 {
     (void)state;
-    uint64_t seed = base_seed();
+    uint64_t seed = stress_seed();
     long rounds = stress_scaled(40);
     printf("stress_group: %ld rounds, seed %llu\n", rounds, (unsigned long long)seed);
     for (long r = 0; r < rounds; r++)
@@ -432,7 +426,7 @@ static int level_fn(crew_ctx *ctx, void *arg)
 static void test_nested(void **state)
 {
     (void)state;
-    uint64_t seed = base_seed() ^ 0x1234;
+    uint64_t seed = stress_seed() ^ 0x1234;
     long rounds = stress_scaled(20);
     for (long r = 0; r < rounds; r++) {
         nworld w;

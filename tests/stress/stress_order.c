@@ -25,12 +25,6 @@
 
 #include <string.h>
 
-static uint64_t base_seed(void)
-{
-    const char *s = getenv("CREW_STRESS_SEED");
-    return s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
-}
-
 static _Atomic long violations;
 static uint64_t seed0;
 
@@ -502,7 +496,7 @@ static void test_maps(void **state)
 
 int main(void)
 {
-    seed0 = base_seed();
+    seed0 = stress_seed();
     const struct CMUnitTest tests[] = {
         leak_test(test_buffer),
         leak_test(test_buffer_close_race),

@@ -310,8 +310,7 @@ static void test_rounds(void **state)
 
 int main(void)
 {
-    const char *e = getenv("CREW_STRESS_SEED");
-    seed0 = e ? strtoull(e, NULL, 0) : (uint64_t)crew_now() | 1;
+    seed0 = stress_seed();
     const struct CMUnitTest tests[] = {
         leak_test(test_rounds),
     };

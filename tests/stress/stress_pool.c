@@ -244,10 +244,7 @@ static void test_accounting(void **state)
 {
     (void)state;
     long rounds = stress_scaled(40);
-    uint64_t seed = (uint64_t)crew_now();
-    const char *env = getenv("CREW_STRESS_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
+    uint64_t seed = stress_seed();
     print_message("stress_pool: seed %llu (set CREW_STRESS_SEED to replay)\n",
                   (unsigned long long)seed);
     for (long i = 0; i < rounds; i++)

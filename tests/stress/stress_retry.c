@@ -194,8 +194,7 @@ static void test_retry_storm(void **state)
     (void)state;
     world w;
     memset(&w, 0, sizeof w);
-    const char *s = getenv("CREW_STRESS_SEED");
-    w.seed = s ? strtoull(s, NULL, 0) : (uint64_t)crew_now() | 1;
+    w.seed = stress_seed();
     w.calls_per_thread = stress_scaled(4000);
     assert_int_equal(pthread_mutex_init(&w.gmu, NULL), 0);
     assert_int_equal(crew_ctx_with_cancel(NULL, &w.shared), 0);
