@@ -17,7 +17,7 @@ LD_LIBRARY_PATH="$libdir" "$tmp/pc"
 
 # pkg-config, static.
 cc -std=c11 -Wall -Wextra -Werror "$here/consumer.c" -o "$tmp/pcs" \
-    $(pkg-config --cflags crew) "$libdir/libcrew.a" $(pkg-config --libs-only-other --static crew) -lm
+    $(pkg-config --cflags crew) "$libdir/libcrew.a" $(pkg-config --libs-only-other --static crew)
 "$tmp/pcs"
 
 # CMake find_package, shared and static.
