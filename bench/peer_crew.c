@@ -3,8 +3,8 @@
  * CREW_FOREVER per job, crew_pool_close() + crew_pool_wait(), crew_pool_destroy().
  *
  * A crew job is fn(ctx, arg), so each kind has a thunk that calls the harness's inline
- * body. The pool runs with its default options (timing histograms on) unless
- * BENCH_CREW_NO_TIMING=1 sets CREW_POOL_NO_TIMING. Workload d also reports libcrew's own
+ * body. The pool runs with its default options (no timing histograms) unless
+ * BENCH_CREW_TIMING=1 sets CREW_POOL_TIMING. Workload d also reports libcrew's own
  * allocations through the exported test counter.
  */
 #include "harness.h"
@@ -74,12 +74,12 @@ static void submit(void *p, int kind, void *arg)
 
 static int run(bench_load *load, unsigned workers, size_t cap)
 {
-    const char *nt = getenv("BENCH_CREW_NO_TIMING");
+    const char *timed = getenv("BENCH_CREW_TIMING");
     crew_pool_opts opts = {
         .name = "bench",
         .workers = workers,
         .queue_cap = cap,
-        .flags = nt && nt[0] == '1' ? CREW_POOL_NO_TIMING : 0,
+        .flags = timed && timed[0] == '1' ? CREW_POOL_TIMING : 0,
     };
     crew_pool *p;
     int rc = crew_pool_create(&p, &opts);

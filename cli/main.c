@@ -277,7 +277,7 @@ static int setup(run *r)
         .workers = o->jobs,
         .queue_cap = o->queue,
         .discard = job_discard,
-        .flags = o->metrics ? 0 : CREW_POOL_NO_TIMING,
+        .flags = o->metrics ? CREW_POOL_TIMING : 0,
     };
     if ((rc = crew_pool_create(&r->pool, &po))) {
         msg("cannot start %u workers: %s", o->jobs, crew_strerror(rc));

@@ -101,7 +101,8 @@ int main(int argc, char **argv)
     int rc = crew_pool_create(&pool, &(crew_pool_opts){.name = "demo",
                                                        .workers = workers,
                                                        .queue_cap = 256,
-                                                       .job_timeout = 50 * CREW_MSEC});
+                                                       .job_timeout = 50 * CREW_MSEC,
+                                                       .flags = CREW_POOL_TIMING});
     if (rc) {
         fprintf(stderr, "demo: cannot create the pool: %s\n", crew_strerror(rc));
         return 1;

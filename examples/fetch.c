@@ -645,8 +645,7 @@ int main(int argc, char **argv)
                                .hook_arg = &sh,
                                .discard = discard_job,
                                .retry = cfg.retries ? &policy : NULL,
-                               .rate = rate,
-                               .flags = CREW_POOL_NO_TIMING};
+                               .rate = rate};
         if ((rc = crew_pool_create(&pool, &opts)) != 0) {
             fprintf(stderr, "fetch: cannot start %u workers: %s\n", workers, crew_strerror(rc));
             goto err_rate;

@@ -296,6 +296,8 @@ typedef struct crew_stats {
     uint64_t queued;    /* gauge: accepted, not yet taken by a worker */
     uint64_t running;   /* gauge: workers inside a job ("busy") */
     uint64_t workers;   /* gauge: live worker threads */
+    bool untimed;       /* the pool does not time its jobs (no CREW_POOL_TIMING): wait and
+                           run stay empty, and crew_prometheus_write leaves them out */
     crew_hist wait;     /* time from submit to start (or to being dropped) */
     crew_hist run;      /* time inside the job's function */
 } crew_stats;
@@ -303,8 +305,9 @@ typedef struct crew_stats {
 /* Writes the Prometheus text exposition (format 0.0.4) of n snapshots to f: counters
  * crew_jobs_{submitted,rejected,started,succeeded,failed,cancelled,timed_out,retried}_total,
  * gauges crew_queue_depth, crew_busy_workers, crew_live_workers, and histograms
- * crew_queue_wait_seconds and crew_run_seconds, each sample labelled pool="name". Returns
- * 0, or CREW_EINVAL if a write failed. Thread-safe for distinct f. */
+ * crew_queue_wait_seconds and crew_run_seconds (samples only for snapshots not marked
+ * untimed; the two families are left out when every snapshot given is untimed), each sample
+ * labelled pool="name". Returns 0, or CREW_EINVAL if a write failed. Thread-safe for distinct f. */
 CREW_EXPORT int crew_prometheus_write(FILE *f, const crew_stats *const *stats, size_t n);
 
 /* ---------------------------------------------------------------------------------------
@@ -348,10 +351,13 @@ typedef void (*crew_log_fn)(void *log_arg, int level, const char *msg, const cha
 
 /* Pool flags. */
 enum {
-    /* Measure no times: no queue-wait or run-time histograms. Saves two clock reads per job
-     * (one at submit, one at the worker), 5 KiB of histograms per worker and, with no queue
-     * budget, the 8-byte submit timestamp kept per queued job. */
-    CREW_POOL_NO_TIMING = 1u << 0,
+    /* Time every job: fill the queue-wait and run-time histograms of crew_pool_stats and
+     * the Prometheus output. Off by default, as in Tokio's runtime, because it is the one
+     * metric with a per-job cost: two clock reads per job (one at submit, one at the
+     * worker; a busy worker's job end is the next one's start), 5 KiB of histograms per
+     * worker and an 8-byte submit timestamp per queue slot. Counters and gauges are always
+     * on and cost no shared write. */
+    CREW_POOL_TIMING = 1u << 0,
 };
 
 typedef struct crew_pool_opts {

@@ -626,7 +626,6 @@ int crew_group_create(crew_group **out, const crew_group_opts *opts)
             .workers = workers,
             .queue_cap = opts->limit ? opts->limit : OWN_QUEUE,
             .discard = drop_task,
-            .flags = CREW_POOL_NO_TIMING,
         };
         if ((rc = crew_pool_create(&g->pool, &po)))
             goto err_ctx;

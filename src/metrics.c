@@ -282,8 +282,15 @@ static void put_hist_line(writer *w, const char *name, const char *suffix, const
 static void put_hist_family(writer *w, const char *name, const char *help, size_t off,
                             const crew_stats *const *stats, size_t n)
 {
+    size_t timed = 0;
+    for (size_t i = 0; i < n; i++)
+        timed += !stats[i]->untimed;
+    if (n > 0 && timed == 0)
+        return; /* no pool measured times: no family rather than empty histograms */
     put_family_header(w, name, "histogram", help);
     for (size_t i = 0; i < n; i++) {
+        if (stats[i]->untimed)
+            continue;
         const crew_hist *h = (const crew_hist *)((const char *)stats[i] + off);
         uint64_t cum = 0;
         size_t next = 0; /* the first bucket not yet added into cum */

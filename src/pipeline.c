@@ -383,8 +383,7 @@ static int start_pools(crew_pipeline *pl, const crew_stage *stages)
                              .queue_cap = st->workers,
                              .init = stages[i].init,
                              .fini = stages[i].fini,
-                             .hook_arg = stages[i].hook_arg,
-                             .flags = CREW_POOL_NO_TIMING};
+                             .hook_arg = stages[i].hook_arg};
         int rc = crew_pool_create(&st->pool, &po);
         if (rc) {
             while (i-- > 0) {

@@ -929,7 +929,7 @@ int crew_pool_create(crew_pool **out, const crew_pool_opts *opts)
     snprintf(p->name, sizeof p->name, "%s", opts->name && *opts->name ? opts->name : "pool");
     p->levels = levels;
     p->unbuffered = opts->queue_cap == 0;
-    p->timing = !(opts->flags & CREW_POOL_NO_TIMING);
+    p->timing = (opts->flags & CREW_POOL_TIMING) != 0;
     p->job_timeout = opts->job_timeout;
     p->queue_timeout = opts->queue_timeout;
     p->rate = opts->rate;
@@ -1399,6 +1399,7 @@ int crew_pool_stats(crew_pool *p, crew_stats *out)
     crew__check(pthread_mutex_lock(&p->lock));
     *out = p->retired;
     out->workers = p->live;
+    out->untimed = !p->timing;
     for (worker *w = p->workers; w; w = w->next) {
         out->started += atomic_load_explicit(&w->started, memory_order_relaxed);
         out->succeeded += atomic_load_explicit(&w->succeeded, memory_order_relaxed);

@@ -148,7 +148,7 @@ static void one_round(uint64_t seed, long per_producer)
         .priorities = 1 + (unsigned)((x >> 16) % 3),
         .discard = discard_fn,
         .results = (x >> 18) % 2,
-        .flags = (x >> 20) % 4 == 0 ? CREW_POOL_NO_TIMING : 0,
+        .flags = (x >> 20) % 4 == 0 ? 0 : CREW_POOL_TIMING,
     };
     assert_int_equal(crew_pool_create(&r.pool, &o), 0);
     long total = PRODUCERS * per_producer;

@@ -750,6 +750,31 @@ static void test_prometheus_roundtrip(void **state)
 
     assert_true(promtool_accepts(text));
     free(text);
+
+    /* An untimed pool (no CREW_POOL_TIMING) exports no histograms; when no pool is timed,
+     * the histogram families are left out altogether. */
+    b->untimed = true;
+    text = write_to_string(both, 2, &rc);
+    assert_int_equal(rc, 0);
+    parse_exposition(text, x);
+    assert_int_equal(x->nfam, 13);
+    assert_int_equal(x->n, 2 * 11 + 2 * 34);
+    check_histogram(x, "crew_queue_wait_seconds", "alpha", avals, na);
+    for (int i = 0; i < 100; i++)
+        runs[i] = (i + 1) * 10 * CREW_USEC;
+    check_histogram(x, "crew_run_seconds", "alpha", runs, 100);
+    assert_null(strstr(text, "crew_run_seconds_count{pool=\"we"));
+    assert_true(promtool_accepts(text));
+    free(text);
+    a->untimed = true;
+    text = write_to_string(both, 2, &rc);
+    assert_int_equal(rc, 0);
+    parse_exposition(text, x);
+    assert_int_equal(x->nfam, 11);
+    assert_int_equal(x->n, 2 * 11);
+    assert_null(strstr(text, "_seconds"));
+    assert_true(promtool_accepts(text));
+    free(text);
     free(x);
     free(a);
     free(b);

@@ -253,7 +253,10 @@ static void test_submit_runs_all(void **state)
     (void)state;
     reset_counts();
     crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 4, .queue_cap = 16}), 0);
+    assert_int_equal(
+        crew_pool_create(
+            &p, &(crew_pool_opts){.workers = 4, .queue_cap = 16, .flags = CREW_POOL_TIMING}),
+        0);
     for (int i = 0; i < 10000; i++)
         assert_int_equal(
             crew_pool_submit(p, i % 3 ? count_job : fail_job, NULL, CREW_FOREVER, NULL), 0);
@@ -564,7 +567,8 @@ static void test_queue_timeout(void **state)
     assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1,
                                                             .queue_cap = 8,
                                                             .queue_timeout = CREW_MSEC,
-                                                            .discard = count_discard}),
+                                                            .discard = count_discard,
+                                                            .flags = CREW_POOL_TIMING}),
                      0);
     saturate(p, &g, 1);
     for (int i = 0; i < 3; i++)
@@ -1201,29 +1205,52 @@ static void test_log(void **state)
     assert_int_equal(atomic_load(&log_lines), 4); /* two starts, two exits */
 }
 
-static void test_stats_prometheus(void **state)
+/* The Prometheus text of a pool that ran 10 failing and 90 good jobs; *s its snapshot. */
+static char *prometheus_of_run(unsigned flags, crew_stats *s)
 {
-    (void)state;
     crew_pool *p;
     assert_int_equal(
-        crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 8, .name = "web"}), 0);
+        crew_pool_create(
+            &p, &(crew_pool_opts){.workers = 2, .queue_cap = 8, .name = "web", .flags = flags}),
+        0);
     for (int i = 0; i < 100; i++)
         assert_int_equal(crew_pool_submit(p, i < 10 ? fail_job : nop_job, NULL, CREW_FOREVER, NULL),
                          0);
     assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
-    crew_stats s = stats_of(p);
-    assert_string_equal(s.name, "web");
+    *s = stats_of(p);
+    crew_pool_destroy(p);
+    assert_string_equal(s->name, "web");
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    const crew_stats *all[] = {&s};
+    const crew_stats *all[] = {s};
     assert_int_equal(crew_prometheus_write(f, all, 1), 0);
     fclose(f);
     assert_non_null(strstr(buf, "crew_jobs_failed_total{pool=\"web\"} 10\n"));
     assert_non_null(strstr(buf, "crew_jobs_succeeded_total{pool=\"web\"} 90\n"));
+    return buf;
+}
+
+/* Histograms are opt-in: a timed pool fills and exports them, a default pool neither
+ * measures nor exports them (no empty histogram that would read as "no jobs"). */
+static void test_stats_prometheus(void **state)
+{
+    (void)state;
+    crew_stats s;
+    char *buf = prometheus_of_run(CREW_POOL_TIMING, &s);
+    assert_false(s.untimed);
+    assert_int_equal(s.run.count, 100);
+    assert_int_equal(s.wait.count, 100);
     assert_non_null(strstr(buf, "crew_run_seconds_count{pool=\"web\"} 100\n"));
+    assert_non_null(strstr(buf, "crew_queue_wait_seconds_count{pool=\"web\"} 100\n"));
     free(buf);
-    crew_pool_destroy(p);
+
+    buf = prometheus_of_run(0, &s);
+    assert_true(s.untimed);
+    assert_int_equal(s.run.count + s.wait.count, 0);
+    assert_null(strstr(buf, "crew_run_seconds"));
+    assert_null(strstr(buf, "crew_queue_wait_seconds"));
+    free(buf);
 }
 
 /* Steady state allocates nothing: plain submits, and extended ones once the freelist is
@@ -1241,7 +1268,7 @@ static void test_no_alloc_per_job(void **state)
             crew_pool_create(&p, &(crew_pool_opts){.workers = 2,
                                                    .queue_cap = 256,
                                                    .job_timeout = CREW_SEC,
-                                                   .flags = timing ? 0 : CREW_POOL_NO_TIMING}),
+                                                   .flags = timing ? CREW_POOL_TIMING : 0}),
             0);
         for (int i = 0; i < 100; i++) /* warm up: function table, ext freelist, timer */
             assert_int_equal(
