@@ -31,7 +31,9 @@
  * worker on an adaptive budget (10 us to 1 ms: doubled when a spin finds work, raised to
  * twice the idle time when woken for work within 1 ms, halved when a spin finds nothing),
  * the others for 5 us; spinning backs off to sched_yield so that on an oversubscribed
- * machine the spinner hands its core to the producer it waits for. A producer wakes one
+ * machine the spinner hands its core to the producer it waits for. The adaptive budget
+ * learns from when work came (a submit that wakes a parked worker stamps the time), not
+ * from when the kernel got round to running the woken worker. A producer wakes one
  * parked worker only if nobody spins. A producer facing a full ring parks on the space
  * eventcount at once (spinning for room would take a core from the workers that make it);
  * parked producers are woken together once the ring has drained to half, never one per
@@ -154,6 +156,7 @@ struct crew_pool {
     _Atomic long credits CREW__ALIGNED; /* unbuffered pools: idle workers' offers */
     _Atomic unsigned self_blocked;      /* workers blocked submitting to this pool */
     crew__ec work_ec CREW__ALIGNED;     /* idle workers park here */
+    _Atomic uint64_t work_woken;        /* when a submit last woke a parked worker (ticks) */
     crew__ec space_ec CREW__ALIGNED;    /* producers of a full pool park here */
     crew__ec exit_ec CREW__ALIGNED;     /* crew_pool_wait parks here */
     _Atomic uint64_t rejected;          /* refused submits (slow path only) */
@@ -738,6 +741,20 @@ static void pass_wake_on(crew_pool *p)
         crew__ec_notify(&p->work_ec, 1);
 }
 
+/* How long after going idle (at idle_since) work came: for a worker woken from its park,
+ * when the submit woke it (not when the kernel got round to running it, which on a busy
+ * machine can be milliseconds later and would teach the spin nothing); else now. */
+static int64_t idle_gap(crew_pool *p, uint64_t idle_since, bool woken)
+{
+    uint64_t now = crew__ticks();
+    if (woken) {
+        uint64_t at = atomic_load_explicit(&p->work_woken, memory_order_relaxed);
+        if (at > idle_since && at < now)
+            now = at;
+    }
+    return crew__ticks_to_ns(now - idle_since);
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -761,16 +778,18 @@ static void *worker_main(void *arg)
     bool has_credit = false; /* unbuffered: this worker offered itself */
     uint64_t idle_since = 0; /* ticks when the queue was last found empty; 0 while busy */
     uint64_t clock = 0;      /* when the last job ended, if the next follows at once */
+    bool woken = false;      /* the last park ended with a wake-up */
     for (;;) {
         if (pop_any(p, &fn_id, &job, &ticks)) {
             if (idle_since) {
                 /* Woken for work soon after going idle: next time, spin about that long
                  * (up to SPIN_MAX), so that paced jobs find a spinner instead of paying a
                  * wake-up each. */
-                int64_t gap = crew__ticks_to_ns(crew__ticks() - idle_since);
+                int64_t gap = idle_gap(p, idle_since, woken);
                 if (gap < SPIN_MAX && 2 * gap > w->spin_ns)
                     w->spin_ns = 2 * gap < SPIN_MAX ? 2 * gap : SPIN_MAX;
                 idle_since = 0;
+                woken = false;
                 pass_wake_on(p);
             }
             took_job(p, &has_credit);
@@ -816,6 +835,7 @@ static void *worker_main(void *arg)
                              : (w->spin_ns / 2 > SPIN_MIN ? w->spin_ns / 2 : SPIN_MIN);
         if (got) {
             idle_since = 0;
+            woken = false;
             pass_wake_on(p);
             took_job(p, &has_credit);
             run_job(p, w, fn_id, job, ticks, &clock);
@@ -827,6 +847,7 @@ static void *worker_main(void *arg)
         if (pop_any(p, &fn_id, &job, &ticks)) {
             crew__ec_cancel(&p->work_ec);
             idle_since = 0;
+            woken = false;
             pass_wake_on(p);
             took_job(p, &has_credit);
             run_job(p, w, fn_id, job, ticks, &clock);
@@ -846,6 +867,7 @@ static void *worker_main(void *arg)
             crew__ec_cancel(&p->work_ec);
         else
             wrc = crew__ec_wait(&p->work_ec, key, until);
+        woken = wrc == 0;
         if ((wrc == CREW_ETIMEDOUT || atomic_load(&p->excess) > 0) && may_retire(p, wrc)) {
             if (!p->unbuffered || !has_credit || retract_credit(p)) {
                 w->retiring = true;
@@ -1054,9 +1076,14 @@ static int try_push(crew_pool *p, ring *r, uint32_t fn_id, void *arg, uint64_t t
             atomic_fetch_add(&p->credits, 1);
         return rc;
     }
-    /* The CAS in ring_push was the seq_cst RMW: wake a parked worker if none spins. */
-    if (atomic_load_explicit(&p->spinning, memory_order_seq_cst) == 0)
+    /* The CAS in ring_push was the seq_cst RMW: wake a parked worker if none spins. The
+     * time of a real wake-up (a system call follows anyway) tells the woken worker how
+     * soon work came after it went idle, however late the kernel runs it. */
+    if (atomic_load_explicit(&p->spinning, memory_order_seq_cst) == 0) {
+        if (atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed))
+            atomic_store_explicit(&p->work_woken, crew__ticks(), memory_order_relaxed);
         crew__ec_notify_after_rmw(&p->work_ec, 1);
+    }
     if (atomic_load_explicit(&p->elastic, memory_order_relaxed) &&
         atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed) == 0)
         maybe_grow(p);
