@@ -71,6 +71,24 @@ static void saturate(crew_pool *p, gate *g, int n)
     assert_int_equal(atomic_load(&g->inside), n);
 }
 
+/* The preamble of most tests here: a pool made with opts whose first n workers are held
+ * inside gate jobs (open g to let them go). */
+static crew_pool *gated_pool(gate *g, const crew_pool_opts *opts, int n)
+{
+    gate_init(g);
+    crew_pool *p;
+    assert_int_equal(crew_pool_create(&p, opts), 0);
+    saturate(p, g, n);
+    return p;
+}
+
+/* ... and its end: destroy the pool, then the gate its jobs were held at. */
+static void gated_pool_destroy(crew_pool *p, gate *g)
+{
+    crew_pool_destroy(p);
+    gate_fini(g);
+}
+
 static _Atomic long counter;
 
 static int count_job(crew_ctx *ctx, void *arg)
@@ -281,10 +299,7 @@ static void test_try_submit_full(void **state)
 {
     (void)state;
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 3}), 0);
-    saturate(p, &g, 2);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 2, .queue_cap = 3}, 2);
     for (int i = 0; i < 3; i++)
         assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
     assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), CREW_EAGAIN);
@@ -306,8 +321,7 @@ static void test_try_submit_full(void **state)
     s = stats_of(p);
     assert_int_equal(s.succeeded, 5);
     assert_int_equal(s.rejected, 4);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 typedef struct blocked_submit {
@@ -330,10 +344,7 @@ static void test_submit_blocking_wakeups(void **state)
 {
     (void)state;
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
-    saturate(p, &g, 1);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 1, .queue_cap = 1}, 1);
     assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
 
     blocked_submit b = {.p = p};
@@ -355,18 +366,14 @@ static void test_submit_blocking_wakeups(void **state)
     assert_int_equal(b.rc, CREW_ESHUTDOWN);
     gate_open(&g);
     assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 static void test_submit_blocks_until_room(void **state)
 {
     (void)state;
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
-    saturate(p, &g, 1);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 1, .queue_cap = 1}, 1);
     assert_int_equal(crew_pool_try_submit(p, nop_job, NULL), 0);
     blocked_submit b = {.p = p};
     pthread_t t;
@@ -377,8 +384,7 @@ static void test_submit_blocks_until_room(void **state)
     assert_int_equal(b.rc, 0);
     assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
     assert_int_equal(stats_of(p).succeeded, 3);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 /* queue_cap 0: a submit is accepted only when a worker is free to take the job. */
@@ -387,10 +393,7 @@ static void test_unbuffered(void **state)
     (void)state;
     reset_counts();
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 0}), 0);
-    saturate(p, &g, 2);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 2, .queue_cap = 0}, 2);
     assert_int_equal(crew_pool_try_submit(p, count_job, NULL), CREW_EAGAIN);
     assert_int_equal(crew_pool_submit(p, count_job, NULL, crew_deadline_in(CREW_MSEC), NULL),
                      CREW_ETIMEDOUT);
@@ -402,8 +405,7 @@ static void test_unbuffered(void **state)
         assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
     assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
     assert_int_equal(atomic_load(&counter), 1001);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 /* ---- futures and results --------------------------------------------------------------- */
@@ -562,15 +564,13 @@ static void test_queue_timeout(void **state)
     (void)state;
     reset_counts();
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1,
-                                                            .queue_cap = 8,
-                                                            .queue_timeout = CREW_MSEC,
-                                                            .discard = count_discard,
-                                                            .flags = CREW_POOL_TIMING}),
-                     0);
-    saturate(p, &g, 1);
+    crew_pool *p = gated_pool(&g,
+                              &(crew_pool_opts){.workers = 1,
+                                                .queue_cap = 8,
+                                                .queue_timeout = CREW_MSEC,
+                                                .discard = count_discard,
+                                                .flags = CREW_POOL_TIMING},
+                              1);
     for (int i = 0; i < 3; i++)
         assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
     crew_future *f;
@@ -591,8 +591,7 @@ static void test_queue_timeout(void **state)
     crew_stats s = stats_of(p);
     assert_int_equal(s.timed_out, 3);
     assert_int_equal(s.wait.count, 5); /* dropped jobs' waits are measured too */
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 static int order_log[16];
@@ -650,13 +649,8 @@ static void test_cancel_discards(void **state)
     reset_counts();
     atomic_store(&job_discarded, 0);
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(
-        crew_pool_create(
-            &p, &(crew_pool_opts){.workers = 2, .queue_cap = 100, .discard = count_discard}),
-        0);
-    saturate(p, &g, 2);
+    crew_pool *p = gated_pool(
+        &g, &(crew_pool_opts){.workers = 2, .queue_cap = 100, .discard = count_discard}, 2);
     for (int i = 0; i < 50; i++)
         assert_int_equal(crew_pool_submit(p, count_job, NULL, CREW_FOREVER, NULL), 0);
     for (int i = 0; i < 10; i++) /* per-job discard callbacks free their argument */
@@ -745,18 +739,14 @@ static void test_wait_forms(void **state)
 {
     (void)state;
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .queue_cap = 1}), 0);
-    saturate(p, &g, 1);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 1, .queue_cap = 1}, 1);
     crew_pool_close(p);
     assert_int_equal(crew_pool_wait(p, CREW_NOW), CREW_EAGAIN);
     assert_int_equal(crew_pool_wait(p, crew_deadline_in(CREW_MSEC)), CREW_ETIMEDOUT);
     gate_open(&g);
     assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
     assert_int_equal(crew_pool_resize(p, 2, 2), CREW_ESHUTDOWN);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 typedef struct racer {
@@ -837,10 +827,7 @@ static void test_submit_from_job_during_drain(void **state)
     (void)state;
     reset_counts();
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 4}), 0);
-    saturate(p, &g, 1);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 2, .queue_cap = 4}, 1);
     fanout f = {.p = p, .n = 100};
     assert_int_equal(crew_pool_submit(p, fanout_job, &f, CREW_FOREVER, NULL), 0);
     eventually(stats_of(p).started >= 2);
@@ -850,8 +837,7 @@ static void test_submit_from_job_during_drain(void **state)
     assert_int_equal(crew_pool_wait(p, CREW_FOREVER), 0);
     assert_int_equal(atomic_load(&f.rc_sum), 0);
     assert_int_equal(atomic_load(&counter), 100);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 static void test_self_submit_helped(void **state)
@@ -1105,10 +1091,7 @@ static void test_self_submit_waits_for_others(void **state)
     (void)state;
     reset_counts();
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 2, .queue_cap = 0}), 0);
-    saturate(p, &g, 1);
+    crew_pool *p = gated_pool(&g, &(crew_pool_opts){.workers = 2, .queue_cap = 0}, 1);
     fanout f = {.p = p, .n = 1};
     eventually(crew_pool_try_submit(p, fanout_job, &f) == 0);
     eventually(crew__pool_space_waiters(p) == 1); /* the fanout job waits for room */
@@ -1117,8 +1100,7 @@ static void test_self_submit_waits_for_others(void **state)
     assert_int_equal(crew_pool_drain(p, CREW_FOREVER), 0);
     assert_int_equal(atomic_load(&f.rc_sum), 0);
     assert_int_equal(atomic_load(&counter), 1);
-    crew_pool_destroy(p);
-    gate_fini(&g);
+    gated_pool_destroy(p, &g);
 }
 
 /* ---- scaling ----------------------------------------------------------------------------- */
@@ -1163,14 +1145,11 @@ static void test_elastic(void **state)
 {
     (void)state;
     gate g;
-    gate_init(&g);
-    crew_pool *p;
-    assert_int_equal(crew_pool_create(&p, &(crew_pool_opts){.workers = 1,
-                                                            .max_workers = 4,
-                                                            .queue_cap = 2,
-                                                            .idle_timeout = 5 * CREW_MSEC}),
-                     0);
-    saturate(p, &g, 4); /* needs the pool to grow to 4 */
+    crew_pool *p = gated_pool(
+        &g,
+        &(crew_pool_opts){
+            .workers = 1, .max_workers = 4, .queue_cap = 2, .idle_timeout = 5 * CREW_MSEC},
+        4); /* needs the pool to grow to 4 */
     assert_int_equal(stats_of(p).workers, 4);
     gate_open(&g);
     eventually(stats_of(p).workers == 1); /* idle ones expire back to the minimum */
