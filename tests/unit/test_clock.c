@@ -87,6 +87,31 @@ static void test_ticks(void **state)
     assert_int_equal(crew__ns_to_ticks(-1), 0);
 }
 
+/* The provisional scale is replaced by the final one at the first conversion a few
+ * milliseconds after the calibration; the final one agrees with the clock closely. */
+static void test_ticks_settle(void **state)
+{
+    (void)state;
+    crew__ticks_init();
+    int64_t n0 = crew_now();
+    while (crew_now() - n0 < 3 * CREW_MSEC)
+        ;
+    (void)crew__ticks_to_ns(1);
+    assert_true(atomic_load(&crew__tick_settled));
+    bool agreed = false;
+    for (int attempt = 0; attempt < 10 && !agreed; attempt++) {
+        uint64_t t0 = crew__ticks();
+        int64_t c0 = crew_now();
+        while (crew_now() - c0 < 5 * CREW_MSEC)
+            ;
+        int64_t c1 = crew_now();
+        uint64_t t1 = crew__ticks();
+        int64_t ns = crew__ticks_to_ns(t1 - t0);
+        agreed = ns > (c1 - c0) * 98 / 100 && ns < (c1 - c0) * 102 / 100;
+    }
+    assert_true(agreed);
+}
+
 static void test_ncpu(void **state)
 {
     (void)state;
@@ -96,8 +121,8 @@ static void test_ncpu(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        leak_test(test_now_monotonic), leak_test(test_deadline_in), leak_test(test_duration_parse),
-        leak_test(test_ticks),         leak_test(test_ncpu),
+        leak_test(test_now_monotonic), leak_test(test_deadline_in),  leak_test(test_duration_parse),
+        leak_test(test_ticks),         leak_test(test_ticks_settle), leak_test(test_ncpu),
     };
     return cmocka_run_group_tests_name("clock", tests, NULL, NULL);
 }
