@@ -362,6 +362,9 @@ void format_duration(char *buf, size_t n, int64_t ns);
 
 /* ---- json -------------------------------------------------------------------------- */
 
+/* Loads jansson (dlopen); --json calls it once before any job. 0, or -ENOENT after a
+ * message. */
+int json_load(void);
 /* j's JSON object as one line (malloc'd, newline-terminated), or NULL. */
 char *json_render(const job *j, size_t *len);
 

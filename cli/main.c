@@ -249,16 +249,16 @@ static void sane_fds(void)
         }
 }
 
-/* Everything a run needs, in dependency order: the joblog first (an unwritable one is an
- * option error, before anything runs); the stop ctx, slots and output before the pool, whose
- * workers use them; the supervisor before the pool, so that no job can exit before SIGCHLD
- * is being read; the pool ctx's hook right after the pool, so a cancel reaches every job;
- * the metrics server last, since it reads the pool. */
+/* Everything a run needs, in dependency order: the joblog and jansson first (an unwritable
+ * joblog or a missing library is an option error, before anything runs); the stop ctx, slots and
+ * output before the pool, whose workers use them; the supervisor before the pool, so that no job
+ * can exit before SIGCHLD is being read; the pool ctx's hook right after the pool, so a cancel
+ * reaches every job; the metrics server last, since it reads the pool. */
 static int setup(run *r)
 {
     const opts *o = r->o;
     int rc;
-    if ((rc = joblog_open(o)))
+    if ((rc = joblog_open(o)) || (o->json && (rc = json_load())))
         return rc;
     r->sup_wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->input_wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
