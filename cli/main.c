@@ -170,12 +170,27 @@ static int dry_run(run *r, input *in)
     return rc;
 }
 
+/* Gives the pool all its -j workers. It starts with one, so that a run of a single job (a
+ * common use in scripts) starts one thread, not -j, each a clone, a stack and a start-up
+ * handshake on the way to the job. 0, or -1 when crew stops (after a message unless the
+ * pool is already shut down: then the submit fails as well). */
+static int pool_grow(run *r)
+{
+    int rc = crew_pool_resize(r->pool, r->o->jobs, r->o->jobs);
+    if (rc == 0 || rc == CREW_ESHUTDOWN)
+        return 0;
+    msg("cannot start %u workers: %s", r->o->jobs, crew_strerror(rc));
+    run_stop(r, STOP_ERROR);
+    return -1;
+}
+
 /* Reads the input and submits every job; returns when the input ends or crew stops.
  * Backpressure comes from two waits, both ended by the stop ctx: the -k window (at most
  * order_window jobs between read and printed) and the pool's queue (at most --queue jobs
  * read and not yet started), so the read-ahead is bounded whatever the input. */
 static void feed(run *r, input *in)
 {
+    unsigned submitted = 0;
     for (;;) {
         job *j = input_next(in);
         if (!j)
@@ -194,6 +209,12 @@ static void feed(run *r, input *in)
             j->state = JOB_SKIPPED;
             job_finish(r, j);
             continue;
+        }
+        /* The pool starts with one worker: the others come with the second job. */
+        if (++submitted == 2 && r->o->jobs > 1 && pool_grow(r)) {
+            j->state = JOB_SKIPPED;
+            job_finish(r, j);
+            break;
         }
         /* Blocks while the queue is full; fails only once crew stops (or the pool was
          * cancelled), and then the job was never accepted: it is ours to finish. */
@@ -274,13 +295,13 @@ static int setup(run *r)
     }
     crew_pool_opts po = {
         .name = "crew",
-        .workers = o->jobs,
+        .workers = 1, /* -j of them from the second job on (pool_grow) */
         .queue_cap = o->queue,
         .discard = job_discard,
         .flags = o->metrics ? 0 : CREW_POOL_NO_TIMING,
     };
     if ((rc = crew_pool_create(&r->pool, &po))) {
-        msg("cannot start %u workers: %s", o->jobs, crew_strerror(rc));
+        msg("cannot start a worker: %s", crew_strerror(rc));
         return rc;
     }
     if ((rc = crew_ctx_on_cancel(crew_pool_ctx(r->pool), on_pool_cancel, r, NULL))) {
