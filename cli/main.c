@@ -16,7 +16,9 @@
  * blocked submit returns, queued jobs are skipped, waits end). run_terminate: the pool is
  * cancelled, whose ctx's on-cancel hook asks every worker to SIGTERM its job's group.
  *
- * Threads: main (input, submit), the pool's workers, the supervisor, libcrew's timer, and
+ * Threads: main (input, submit), the pool's workers, the supervisor (from the second job
+ * on, or once main would block on its input: before that, and for a run of one job, main
+ * runs the supervisor's loop itself while it waits for the pool), libcrew's timer, and
  * the metrics server. Shared state is struct run's atomics.
  */
 #include "cli.h"
@@ -210,8 +212,9 @@ static void feed(run *r, input *in)
             job_finish(r, j);
             continue;
         }
-        /* The pool starts with one worker: the others come with the second job. */
-        if (++submitted == 2 && r->o->jobs > 1 && pool_grow(r)) {
+        /* The pool starts with one worker and no supervisor thread: the rest comes with
+         * the second job. */
+        if (++submitted == 2 && (supervisor_thread() || (r->o->jobs > 1 && pool_grow(r)))) {
             j->state = JOB_SKIPPED;
             job_finish(r, j);
             break;
@@ -271,10 +274,11 @@ static void sane_fds(void)
 }
 
 /* Everything a run needs, in dependency order: the joblog and jansson first (an unwritable
- * joblog or a missing library is an option error, before anything runs); the stop ctx, slots and
- * output before the pool, whose workers use them; the supervisor before the pool, so that no job
- * can exit before SIGCHLD is being read; the pool ctx's hook right after the pool, so a cancel
- * reaches every job; the metrics server last, since it reads the pool. */
+ * joblog or a missing library is an option error, before anything runs); the stop ctx,
+ * slots and output before the pool, whose workers use them; the supervisor's signalfd
+ * before the pool, so that every SIGCHLD of a job is kept for it; the pool ctx's hook right
+ * after the pool, so a cancel reaches every job; the metrics server last, since it reads
+ * the pool. */
 static int setup(run *r)
 {
     const opts *o = r->o;
@@ -298,6 +302,8 @@ static int setup(run *r)
         .workers = 1, /* -j of them from the second job on (pool_grow) */
         .queue_cap = o->queue,
         .discard = job_discard,
+        .init = supervisor_worker_init,
+        .fini = supervisor_worker_fini,
         .flags = o->metrics ? 0 : CREW_POOL_NO_TIMING,
     };
     if ((rc = crew_pool_create(&r->pool, &po))) {
@@ -383,14 +389,14 @@ int main(int argc, char **argv)
         if (r.pool) {
             run_stop(&r, STOP_ERROR);
             crew_pool_close(r.pool);
-            crew_pool_wait(r.pool, CREW_FOREVER);
+            supervisor_wait_pool(&r);
         }
         goto done;
     }
     atomic_store(&r.total, input_total(in));
     feed(&r, in);
     crew_pool_close(r.pool);
-    crew_pool_wait(r.pool, CREW_FOREVER);
+    supervisor_wait_pool(&r);
     output_close();
     status = exit_status(&r);
 done:
