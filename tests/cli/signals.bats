@@ -148,3 +148,13 @@ start_jobs() {
     [ "$status" -eq 0 ]
     ! grep -q SIGINT err
 }
+
+@test "jobs keep the signals ignored when crew starts, but SIGPIPE is back to default" {
+    (trap '' HUP PIPE && "$CREW" -q grep SigIgn {} ::: /proc/self/status) >out
+    mask=$(awk '{print $2}' out)
+    ((16#$mask & 0x1))          # SIGHUP (1) stays ignored
+    ((!(16#$mask & 0x1000)))    # SIGPIPE (13) does not
+    "$CREW" -q grep SigIgn {} ::: /proc/self/status >out
+    mask=$(awk '{print $2}' out)
+    ((!(16#$mask & 0x1001)))
+}
