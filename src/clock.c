@@ -143,16 +143,19 @@ int crew_duration_parse(const char *s, int64_t *out)
 }
 
 /* ---- ticks ----------------------------------------------------------------------------
- * The TSC's rate is measured against CLOCK_MONOTONIC in two steps, so that a short command
- * does not wait for a long measurement. crew__ticks_init takes an anchor (the clock and
- * the TSC at one instant) and a provisional scale over PROVISIONAL_NS. The first
- * conversion at least SETTLE_NS after the anchor measures again from the anchor, over that
- * longer span, and the scale is final from then on. Each instant is the clock read between
- * two TSC reads, the narrowest of three tries: an interrupt inside one try cannot skew it.
- * Measured here, 10 us gives a scale within 0.2% (typically 0.02%); 2 ms, within 0.005%.
+ * The TSC's rate is measured against CLOCK_MONOTONIC lazily, so that a short command does
+ * not wait for it. crew__ticks_init only takes an anchor (the clock and the TSC at one
+ * instant) and switches the ticks to the TSC. The first conversion measures a provisional
+ * scale from the anchor, over PROVISIONAL_NS at least (it waits out the rest if it comes
+ * sooner; a pool's first, a new worker's, comes later); the first conversion at least
+ * SETTLE_NS after the anchor measures again, over that longer span, and the scale is final
+ * from then on. Each instant is the clock read between two TSC reads, the narrowest of three
+ * tries: an interrupt inside one try cannot skew it. Measured here, 10 us gives a scale
+ * within 0.2% (typically 0.02%); 2 ms, within 0.005%.
  *
- * The anchor is written once, before crew__tick_tsc is released; the scale is an atomic
- * any thread may settle (every settler computes a valid value; the last store wins). */
+ * The anchor is written once, before crew__tick_tsc is released. The scale is an atomic any
+ * thread may measure (each measures a valid value; the last store wins); `measured` is
+ * released after the first store. */
 
 #define PROVISIONAL_NS (10 * CREW_USEC)
 #define SETTLE_NS      (2 * CREW_MSEC)
@@ -161,6 +164,7 @@ static pthread_once_t tick_once = PTHREAD_ONCE_INIT;
 _Atomic bool crew__tick_tsc;           /* the TSC is invariant: ticks are TSC counts */
 _Atomic double crew__tick_scale = 1.0; /* ns per tick */
 _Atomic bool crew__tick_settled;       /* no more calibration to do */
+static _Atomic bool measured;          /* the scale has been measured at least once */
 static int64_t anchor_ns;              /* the clock at the anchor (before crew__tick_tsc) */
 static uint64_t anchor_tsc;            /* the TSC at the anchor */
 
@@ -202,40 +206,42 @@ static void calibrate(void)
 {
 #ifdef CREW__HAVE_TSC
     if (tsc_invariant()) {
-        int64_t t0, t1;
-        uint64_t c0, c1;
-        tsc_instant(&t0, &c0);
-        while (crew_now() - t0 < PROVISIONAL_NS)
-            ;
-        tsc_instant(&t1, &c1);
-        if (c1 > c0) {
-            anchor_ns = t0;
-            anchor_tsc = c0;
-            atomic_store_explicit(&crew__tick_scale, (double)(t1 - t0) / (double)(c1 - c0),
-                                  memory_order_relaxed);
-            atomic_store_explicit(&crew__tick_tsc, true, memory_order_release);
-            return;
-        }
+        tsc_instant(&anchor_ns, &anchor_tsc);
+        atomic_store_explicit(&crew__tick_tsc, true, memory_order_release);
+        return;
     }
 #endif
     atomic_store_explicit(&crew__tick_settled, true, memory_order_relaxed);
 }
+
+#ifdef CREW__HAVE_TSC
+/* Stores the scale from the anchor to now, once min_ns have passed since the anchor. */
+static void measure(int64_t min_ns)
+{
+    int64_t t;
+    uint64_t c;
+    do
+        tsc_instant(&t, &c);
+    while (t - anchor_ns < min_ns);
+    if (c > anchor_tsc)
+        atomic_store_explicit(&crew__tick_scale, (double)(t - anchor_ns) / (double)(c - anchor_tsc),
+                              memory_order_relaxed);
+}
+#endif
 
 void crew__ticks_settle(void)
 {
 #ifdef CREW__HAVE_TSC
     if (!atomic_load_explicit(&crew__tick_tsc, memory_order_acquire))
         return; /* not calibrated yet: ticks are nanoseconds */
+    if (!atomic_load_explicit(&measured, memory_order_acquire)) {
+        measure(PROVISIONAL_NS);
+        atomic_store_explicit(&measured, true, memory_order_release);
+    }
     double scale = atomic_load_explicit(&crew__tick_scale, memory_order_relaxed);
     if ((double)(__rdtsc() - anchor_tsc) * scale < (double)SETTLE_NS)
         return; /* too soon to do better than the provisional scale: stay cheap */
-    int64_t t;
-    uint64_t c;
-    tsc_instant(&t, &c);
-    if (t - anchor_ns < SETTLE_NS || c <= anchor_tsc)
-        return;
-    atomic_store_explicit(&crew__tick_scale, (double)(t - anchor_ns) / (double)(c - anchor_tsc),
-                          memory_order_relaxed);
+    measure(SETTLE_NS);
     atomic_store_explicit(&crew__tick_settled, true, memory_order_relaxed);
 #endif
 }

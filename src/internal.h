@@ -64,8 +64,8 @@ CREW_EXPORT uint64_t crew__test_alloc_count(void);
 extern _Atomic bool crew__tick_tsc;     /* set once, after the anchor and the first scale */
 extern _Atomic double crew__tick_scale; /* ns per tick; 1.0 until calibrated */
 extern _Atomic bool crew__tick_settled; /* the scale is final (or ticks are ns) */
-/* Replaces the provisional scale by a final one once SETTLE_NS have passed since the
- * calibration (clock.c); before that it costs one TSC read. */
+/* Measures the provisional scale if none is, and the final one once SETTLE_NS have passed
+ * since crew__ticks_init (clock.c); between the two it costs one TSC read. */
 void crew__ticks_settle(void);
 
 static inline uint64_t crew__ticks(void)
@@ -78,9 +78,10 @@ static inline uint64_t crew__ticks(void)
 }
 
 /* A difference of ticks in ns; a negative one (a reading from another core slightly
- * behind) clamps to 0. Ticks taken after crew__ticks_init() convert with the provisional
- * scale (within a fraction of a percent) until the first conversion a few milliseconds
- * later settles it; before it, ticks are nanoseconds and the scale is 1. */
+ * behind) clamps to 0. Ticks taken after crew__ticks_init() convert with a provisional
+ * scale (within a fraction of a percent: the first conversion measures it, waiting if it
+ * comes within 10 us of the init) until a conversion a few milliseconds later settles it;
+ * before the init, ticks are nanoseconds and the scale is 1. */
 static inline int64_t crew__ticks_to_ns(uint64_t dticks)
 {
     if ((int64_t)dticks < 0)
@@ -93,7 +94,7 @@ static inline int64_t crew__ticks_to_ns(uint64_t dticks)
 uint64_t crew__ns_to_ticks(int64_t ns);
 /* Calibrates the ticks once. Call it before taking ticks that will be compared (pool
  * creation does), so that no pair straddles the switch from nanoseconds to TSC counts.
- * It costs about 10 us, once per process. */
+ * It costs a few clock reads, once per process; the measuring waits for the conversions. */
 void crew__ticks_init(void);
 
 /* A relative timeout for futex/condvar waits from an absolute deadline; false if the
