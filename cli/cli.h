@@ -336,6 +336,8 @@ int supervisor_start(run *r);
 int supervisor_thread(void);
 /* True when the main thread need not call supervisor_thread before blocking. */
 bool supervisor_watching(void);
+/* Serves the signals and requests that came while no thread watched, without waiting. */
+void supervisor_check(run *r);
 /* The pool's worker hooks: they count the workers, so that the main thread, supervising
  * while it waits for the pool, knows when the last one stops. */
 int supervisor_worker_init(void *arg, unsigned id, void **state);

@@ -213,8 +213,10 @@ static void feed(run *r, input *in)
             continue;
         }
         /* The pool starts with one worker and no supervisor thread: the rest comes with
-         * the second job. */
-        if (++submitted == 2 && (supervisor_thread() || (r->o->jobs > 1 && pool_grow(r)))) {
+         * the second job. Before the first, what came meanwhile (a signal) is served. */
+        if (++submitted == 1)
+            supervisor_check(r);
+        else if (submitted == 2 && (supervisor_thread() || (r->o->jobs > 1 && pool_grow(r)))) {
             j->state = JOB_SKIPPED;
             job_finish(r, j);
             break;

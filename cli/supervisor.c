@@ -12,9 +12,10 @@
  * (input.c). A run of one job whose input is at hand (`crew CMD < file`, `crew CMD ::: x`)
  * never starts it: the main thread runs the same loop while it waits for the pool
  * (supervisor_wait_pool), and the final reaping in supervisor_stop. The thread and its
- * wake-ups are then a tenth of such a run, in a VM where waking an idle CPU is slow.
- * Until one of the two runs, signals and requests wait (the signalfd and the eventfd
- * keep them), while the main thread only sets up and submits the first job.
+ * wake-ups cost such a run some 150 us of 2.3 ms here, in a VM where waking an idle CPU is
+ * slow. Until one of the two runs, signals and requests wait (the signalfd and the
+ * eventfd keep them) while the main thread sets up; it serves them before it submits the
+ * first job (supervisor_check), so a signal that came first still stops it.
  *
  * Signals. The first SIGINT or SIGTERM (or any SIGHUP) stops crew starting jobs: running
  * ones finish and are printed, then the summary. The second SIGINT/SIGTERM cancels the
@@ -432,8 +433,12 @@ static void supervise_loop(run *r, bool pool_only, bool rescan)
             }
             sup.next_tick = crew_now() + period;
         }
-        if (atomic_load(&sup.quit) || (pool_only && atomic_load(&sup.workers) == 0))
+        if (atomic_load(&sup.quit))
             break;
+        if (pool_only && atomic_load(&sup.workers) == 0) {
+            wait_events(r, 0, &rescan); /* what came meanwhile (no wait), then done */
+            break;
+        }
         if (wait_events(r, earliest(next, sup.next_tick), &rescan))
             rescan = true;
         if (atomic_load(&sup.quit))
@@ -513,6 +518,13 @@ void supervisor_worker_fini(void *arg, unsigned id, void *state)
     (void)state;
     if (atomic_fetch_sub(&sup.workers, 1) == 1)
         request(0); /* the last one: the main thread may be supervising until now */
+}
+
+void supervisor_check(run *r)
+{
+    bool rescan = false;
+    if (sup.started && !sup.threaded && (wait_events(r, 0, &rescan) || rescan))
+        scan_orphans(false);
 }
 
 void supervisor_wait_pool(run *r)
