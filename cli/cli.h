@@ -328,14 +328,30 @@ void output_unlock(void);
 
 /* ---- supervisor -------------------------------------------------------------------- */
 
+/* Sets up the supervisor (subreaper, signalfd); its loop runs later, in a thread of its
+ * own (supervisor_thread) or in the main thread (supervisor_wait_pool). 0 or -errno. */
 int supervisor_start(run *r);
+/* Starts the supervisor thread unless it runs: the main thread calls it before it may
+ * block other than in supervisor_wait_pool. 0, or -errno after a message (crew stops). */
+int supervisor_thread(void);
+/* True when the main thread need not call supervisor_thread before blocking. */
+bool supervisor_watching(void);
+/* Serves the signals and requests that came while no thread watched, without waiting. */
+void supervisor_check(run *r);
+/* The pool's worker hooks: they count the workers, so that the main thread, supervising
+ * while it waits for the pool, knows when the last one stops. */
+int supervisor_worker_init(void *arg, unsigned id, void **state);
+void supervisor_worker_fini(void *arg, unsigned id, void *state);
+/* After crew_pool_close: waits until the pool's workers have exited, running the
+ * supervisor's loop meanwhile if no thread does. */
+void supervisor_wait_pool(run *r);
 /* Hands over a finished job's leftover process group: SIGTERM was sent; SIGKILL follows
  * at kill_at unless it is gone. */
 void supervisor_leftover(pid_t pgid, int64_t kill_at);
 /* A job finished: let the supervisor re-check orphans it could not attribute yet. */
 void supervisor_job_done(run *r);
 /* Stops the supervisor after the pool is done: kills and reaps every remaining orphan
- * and leftover group, then joins the thread. */
+ * and leftover group, and joins the thread if one ran. */
 void supervisor_stop(run *r);
 
 /* ---- joblog ------------------------------------------------------------------------ */
@@ -362,6 +378,9 @@ void format_duration(char *buf, size_t n, int64_t ns);
 
 /* ---- json -------------------------------------------------------------------------- */
 
+/* Loads jansson (dlopen); --json calls it once before any job. 0, or -ENOENT after a
+ * message. */
+int json_load(void);
 /* j's JSON object as one line (malloc'd, newline-terminated), or NULL. */
 char *json_render(const job *j, size_t *len);
 

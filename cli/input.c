@@ -11,7 +11,8 @@
  *
  * The reader blocks only in poll(2) on its descriptor and a wake-up eventfd: when crew
  * stops starting jobs (a signal, --halt), the supervisor writes the eventfd and the
- * pending input_next returns NULL with input_error() == -EINTR.
+ * pending input_next returns NULL with input_error() == -EINTR. Before it blocks, it has
+ * the supervisor thread started (none runs yet in a run's first moments).
  *
  * Threads: only the main thread uses an input.
  */
@@ -161,7 +162,13 @@ static int reader_fill(reader *r)
     for (;;) {
         struct pollfd pf[2] = {{.fd = r->fd, .events = POLLIN},
                                {.fd = r->wake_fd, .events = POLLIN}};
-        int n = poll(pf, r->wake_fd >= 0 ? 2 : 1, -1);
+        /* Before waiting for data, a thread must watch the signals (supervisor.c). */
+        bool watched = supervisor_watching();
+        int n = poll(pf, r->wake_fd >= 0 ? 2 : 1, watched ? -1 : 0);
+        if (n == 0 && !watched) {
+            supervisor_thread(); /* if it fails, crew stops: the wake-up is written */
+            n = poll(pf, r->wake_fd >= 0 ? 2 : 1, -1);
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)

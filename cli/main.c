@@ -16,7 +16,9 @@
  * blocked submit returns, queued jobs are skipped, waits end). run_terminate: the pool is
  * cancelled, whose ctx's on-cancel hook asks every worker to SIGTERM its job's group.
  *
- * Threads: main (input, submit), the pool's workers, the supervisor, libcrew's timer, and
+ * Threads: main (input, submit), the pool's workers, the supervisor (from the second job
+ * on, or once main would block on its input: before that, and for a run of one job, main
+ * runs the supervisor's loop itself while it waits for the pool), libcrew's timer, and
  * the metrics server. Shared state is struct run's atomics.
  */
 #include "cli.h"
@@ -170,12 +172,27 @@ static int dry_run(run *r, input *in)
     return rc;
 }
 
+/* Gives the pool all its -j workers. It starts with one, so that a run of a single job (a
+ * common use in scripts) starts one thread, not -j, each a clone, a stack and a start-up
+ * handshake on the way to the job. 0, or -1 when crew stops (after a message unless the
+ * pool is already shut down: then the submit fails as well). */
+static int pool_grow(run *r)
+{
+    int rc = crew_pool_resize(r->pool, r->o->jobs, r->o->jobs);
+    if (rc == 0 || rc == CREW_ESHUTDOWN)
+        return 0;
+    msg("cannot start %u workers: %s", r->o->jobs, crew_strerror(rc));
+    run_stop(r, STOP_ERROR);
+    return -1;
+}
+
 /* Reads the input and submits every job; returns when the input ends or crew stops.
  * Backpressure comes from two waits, both ended by the stop ctx: the -k window (at most
  * order_window jobs between read and printed) and the pool's queue (at most --queue jobs
  * read and not yet started), so the read-ahead is bounded whatever the input. */
 static void feed(run *r, input *in)
 {
+    unsigned submitted = 0;
     for (;;) {
         job *j = input_next(in);
         if (!j)
@@ -194,6 +211,15 @@ static void feed(run *r, input *in)
             j->state = JOB_SKIPPED;
             job_finish(r, j);
             continue;
+        }
+        /* The pool starts with one worker and no supervisor thread: the rest comes with
+         * the second job. Before the first, what came meanwhile (a signal) is served. */
+        if (++submitted == 1)
+            supervisor_check(r);
+        else if (submitted == 2 && (supervisor_thread() || (r->o->jobs > 1 && pool_grow(r)))) {
+            j->state = JOB_SKIPPED;
+            job_finish(r, j);
+            break;
         }
         /* Blocks while the queue is full; fails only once crew stops (or the pool was
          * cancelled), and then the job was never accepted: it is ours to finish. */
@@ -249,16 +275,17 @@ static void sane_fds(void)
         }
 }
 
-/* Everything a run needs, in dependency order: the joblog first (an unwritable one is an
- * option error, before anything runs); the stop ctx, slots and output before the pool, whose
- * workers use them; the supervisor before the pool, so that no job can exit before SIGCHLD
- * is being read; the pool ctx's hook right after the pool, so a cancel reaches every job;
- * the metrics server last, since it reads the pool. */
+/* Everything a run needs, in dependency order: the joblog and jansson first (an unwritable
+ * joblog or a missing library is an option error, before anything runs); the stop ctx,
+ * slots and output before the pool, whose workers use them; the supervisor's signalfd
+ * before the pool, so that every SIGCHLD of a job is kept for it; the pool ctx's hook right
+ * after the pool, so a cancel reaches every job; the metrics server last, since it reads
+ * the pool. */
 static int setup(run *r)
 {
     const opts *o = r->o;
     int rc;
-    if ((rc = joblog_open(o)))
+    if ((rc = joblog_open(o)) || (o->json && (rc = json_load())))
         return rc;
     r->sup_wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->input_wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -274,13 +301,15 @@ static int setup(run *r)
     }
     crew_pool_opts po = {
         .name = "crew",
-        .workers = o->jobs,
+        .workers = 1, /* -j of them from the second job on (pool_grow) */
         .queue_cap = o->queue,
         .discard = job_discard,
+        .init = supervisor_worker_init,
+        .fini = supervisor_worker_fini,
         .flags = o->metrics ? CREW_POOL_TIMING : 0,
     };
     if ((rc = crew_pool_create(&r->pool, &po))) {
-        msg("cannot start %u workers: %s", o->jobs, crew_strerror(rc));
+        msg("cannot start a worker: %s", crew_strerror(rc));
         return rc;
     }
     if ((rc = crew_ctx_on_cancel(crew_pool_ctx(r->pool), on_pool_cancel, r, NULL))) {
@@ -362,14 +391,14 @@ int main(int argc, char **argv)
         if (r.pool) {
             run_stop(&r, STOP_ERROR);
             crew_pool_close(r.pool);
-            crew_pool_wait(r.pool, CREW_FOREVER);
+            supervisor_wait_pool(&r);
         }
         goto done;
     }
     atomic_store(&r.total, input_total(in));
     feed(&r, in);
     crew_pool_close(r.pool);
-    crew_pool_wait(r.pool, CREW_FOREVER);
+    supervisor_wait_pool(&r);
     output_close();
     status = exit_status(&r);
 done:

@@ -66,6 +66,27 @@ static int slot_env(slot *s)
     return 0;
 }
 
+/* The signals a job starts with at their default disposition: every one but those ignored
+ * when crew started (nohup's SIGHUP stays ignored in the jobs, as a shell would keep it),
+ * and SIGPIPE whatever its state (crew ignores it for itself). glibc's posix_spawn asks, in
+ * the child, whether each signal it is not told about is ignored, then sets it: two system
+ * calls per signal on every spawn. Asked once here, each spawn makes one per signal. */
+static void default_signals(sigset_t *def)
+{
+#ifdef __GLIBC__
+    sigfillset(def); /* glibc leaves its internal signals out */
+    for (int sig = 1; sig < SIGRTMAX + 1; sig++) {
+        struct sigaction sa;
+        if (sig != SIGKILL && sig != SIGSTOP && sigismember(def, sig) == 1 &&
+            sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+            sigdelset(def, sig);
+    }
+#else
+    sigemptyset(def); /* musl's child resets only what was set: nothing to spare it */
+#endif
+    sigaddset(def, SIGPIPE);
+}
+
 int slots_init(run *r)
 {
     const opts *o = r->o;
@@ -86,8 +107,7 @@ int slots_init(run *r)
     }
     sigset_t none, def;
     sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
+    default_signals(&def);
     if (posix_spawnattr_init(&r->attr) ||
         posix_spawnattr_setflags(&r->attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
                                                POSIX_SPAWN_SETSIGDEF) ||

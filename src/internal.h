@@ -61,8 +61,12 @@ CREW_EXPORT uint64_t crew__test_alloc_count(void);
 /* Cheap timestamps for metrics: the TSC where it is invariant, else crew_now(). Convert a
  * difference of ticks to nanoseconds with crew__ticks_to_ns. Both are inline: the pool
  * takes a tick and converts two differences per job. */
-extern _Atomic bool crew__tick_tsc; /* set once, after crew__tick_scale */
-extern double crew__tick_scale;     /* ns per tick; 1.0 until calibrated */
+extern _Atomic bool crew__tick_tsc;     /* set once, after the anchor and the first scale */
+extern _Atomic double crew__tick_scale; /* ns per tick; 1.0 until calibrated */
+extern _Atomic bool crew__tick_settled; /* the scale is final (or ticks are ns) */
+/* Measures the provisional scale if none is, and the final one once SETTLE_NS have passed
+ * since crew__ticks_init (clock.c); between the two it costs one TSC read. */
+void crew__ticks_settle(void);
 
 static inline uint64_t crew__ticks(void)
 {
@@ -74,17 +78,23 @@ static inline uint64_t crew__ticks(void)
 }
 
 /* A difference of ticks in ns; a negative one (a reading from another core slightly
- * behind) clamps to 0. Ticks taken after crew__ticks_init() convert exactly; before it,
- * ticks are nanoseconds and the scale is 1. */
+ * behind) clamps to 0. Ticks taken after crew__ticks_init() convert with a provisional
+ * scale (within a fraction of a percent: the first conversion measures it, waiting if it
+ * comes within 10 us of the init) until a conversion a few milliseconds later settles it;
+ * before the init, ticks are nanoseconds and the scale is 1. */
 static inline int64_t crew__ticks_to_ns(uint64_t dticks)
 {
     if ((int64_t)dticks < 0)
         return 0;
-    return (int64_t)((double)dticks * crew__tick_scale);
+    if (crew__unlikely(!atomic_load_explicit(&crew__tick_settled, memory_order_relaxed)))
+        crew__ticks_settle();
+    return (int64_t)((double)dticks *
+                     atomic_load_explicit(&crew__tick_scale, memory_order_relaxed));
 }
 uint64_t crew__ns_to_ticks(int64_t ns);
 /* Calibrates the ticks once. Call it before taking ticks that will be compared (pool
- * creation does), so that no pair straddles the switch from nanoseconds to TSC counts. */
+ * creation does), so that no pair straddles the switch from nanoseconds to TSC counts.
+ * It costs a few clock reads, once per process; the measuring waits for the conversions. */
 void crew__ticks_init(void);
 
 /* A relative timeout for futex/condvar waits from an absolute deadline; false if the

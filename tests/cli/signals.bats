@@ -106,6 +106,36 @@ start_jobs() {
     none_alive pid.1 pid.2 orphan.1 orphan.2
 }
 
+@test "a run of one job (no supervisor thread): a signal drains, no orphan outlives it" {
+    env --default-signal=INT "$CREW" 'setsid sh -c "echo \$\$ >orphan.{}; exec sleep 30" & echo $$ >pid.{}; while [ ! -e go ]; do sleep 0.02; done' ::: 1 >out 2>err &
+    pid=$!
+    wait_until '[ -s orphan.1 ] && [ -s pid.1 ]'
+    kill -INT "$pid"
+    wait_until 'grep -q "SIGINT: starting no more jobs; waiting for 1 running" err'
+    touch go
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 130 ]
+    grep -q "1 ok, 0 failed" err
+    none_alive pid.1 orphan.1
+}
+
+@test "a signal while crew waits for more input stops the reading" {
+    mkfifo fifo
+    env --default-signal=INT "$CREW" 'echo $$ >pid.{}' <fifo >out 2>err &
+    pid=$!
+    exec {w}>fifo # held open: crew waits for more input after the first job
+    echo 1 >&"$w"
+    wait_until '[ -s pid.1 ]'
+    kill -INT "$pid"
+    wait_until 'grep -q "SIGINT: starting no more jobs" err'
+    status=0
+    wait "$pid" || status=$?
+    exec {w}>&-
+    [ "$status" -eq 130 ]
+    grep -q "1 ok, 0 failed" err
+}
+
 @test "a signal ignored when crew starts stays ignored (nohup, background jobs)" {
     "$CREW" -j1 'echo $$ >pid.{}; while [ ! -e go ]; do sleep 0.02; done; echo done {}' ::: 1 >out 2>err &
     pid=$!
@@ -117,4 +147,14 @@ start_jobs() {
     wait "$nohup_pid" || status=$?
     [ "$status" -eq 0 ]
     ! grep -q SIGINT err
+}
+
+@test "jobs keep the signals ignored when crew starts, but SIGPIPE is back to default" {
+    (trap '' HUP PIPE && "$CREW" -q grep SigIgn {} ::: /proc/self/status) >out
+    mask=$(awk '{print $2}' out)
+    ((16#$mask & 0x1))          # SIGHUP (1) stays ignored
+    ((!(16#$mask & 0x1000)))    # SIGPIPE (13) does not
+    "$CREW" -q grep SigIgn {} ::: /proc/self/status >out
+    mask=$(awk '{print $2}' out)
+    ((!(16#$mask & 0x1001)))
 }
