@@ -94,8 +94,11 @@ static int64_t ns_until(const crew_rate *r, double p)
         return 0;
     if (r->per_ns <= 0)
         return INT64_MAX;
-    double ns = ceil(need / r->per_ns);
-    return ns >= NEVER_NS ? INT64_MAX : (int64_t)ns;
+    double ns = need / r->per_ns;
+    if (ns >= NEVER_NS)
+        return INT64_MAX;
+    int64_t whole = (int64_t)ns; /* rounded up by hand: libcrew does not need libm */
+    return (double)whole < ns ? whole + 1 : whole;
 }
 
 /* The instant t_base + ns, or CREW_FOREVER for never. */
