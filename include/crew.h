@@ -338,7 +338,8 @@ typedef void (*crew_discard_fn)(crew_job_fn fn, void *arg, int reason);
 
 /* Per-worker hooks. init runs first in each new worker thread and may set *state (for a
  * connection or a handle the worker owns; read it from a job with crew_pool_worker_state);
- * a non-zero return stops that worker from starting. fini runs last in the worker. Hooks
+ * a non-zero return stops that worker from starting. fini runs last in the worker. The
+ * hooks of different workers may run at the same time (workers start together). Hooks
  * and discard callbacks run on worker threads, so for crew_pool_submit, wait, drain and
  * destroy they count as inside one of the pool's jobs. */
 typedef int (*crew_worker_init_fn)(void *hook_arg, unsigned worker_id, void **state);
@@ -506,10 +507,10 @@ CREW_EXPORT int crew_pool_drain(crew_pool *p, int64_t deadline);
 CREW_EXPORT int crew_pool_cancel(crew_pool *p, int cause);
 
 /* Changes the number of workers kept (min) and the ceiling (max; 0 = min). New workers
- * start at once up to min (waiting for their init hooks); extra workers exit when they
- * next go idle. Returns 0, CREW_EINVAL (min == 0, max < min, or max above 65536),
- * CREW_ESHUTDOWN, CREW_ENOMEM, CREW_EAGAIN (a thread could not be created), or an init
- * hook's error (the workers started before it stay). Thread-safe. */
+ * start at once up to min, together (waiting for their init hooks); extra workers exit
+ * when they next go idle. Returns 0, CREW_EINVAL (min == 0, max < min, or max above
+ * 65536), CREW_ESHUTDOWN, CREW_ENOMEM, CREW_EAGAIN (a thread could not be created), or the
+ * first init hook's error (the workers whose hooks succeeded stay). Thread-safe. */
 CREW_EXPORT CREW_WARN_UNUSED int crew_pool_resize(crew_pool *p, unsigned min, unsigned max);
 
 /* The results channel (elements are crew_result) if opts.results was set, else NULL. Each

@@ -45,13 +45,13 @@
  *
  * Threads and locks. p->lock (a mutex) guards the worker list, spawning, joining, the
  * function table's insertions, the ext freelist and the results-channel close; it is never
- * held while running a job, waiting for one, or running an init hook (a spawner that waits
- * for a hook drops it, and pins the new worker with `awaited` so it cannot be reaped
- * meanwhile). Retirement is decided under the lock and counted in p->retiring, so workers
- * timing out together never go below the minimum. Lock order: p->lock, then a ctx's lock
- * (through crew_ctx_* calls), then a channel's. Metrics are per worker, single writer
- * (relaxed load + store), summed by crew_pool_stats under p->lock: updating them never
- * serialises the workers.
+ * held while running a job, waiting for one, or running an init hook (a spawner starts all
+ * its workers, then drops it while it waits for their hooks, each worker pinned with
+ * `awaited` so that it cannot be reaped meanwhile). Retirement is decided under the lock and
+ * counted in p->retiring, so workers timing out together never go below the minimum. Lock order:
+ * p->lock, then a ctx's lock (through crew_ctx_* calls), then a channel's. Metrics are per worker,
+ * single writer (relaxed load + store), summed by crew_pool_stats under p->lock: updating them
+ * never serialises the workers.
  */
 #include "internal.h"
 #include "retry_internal.h"
@@ -121,7 +121,8 @@ typedef struct worker {
     bool exited;            /* the thread has left its loop: under p->lock */
     int64_t spin_ns;        /* this worker's adaptive spin budget; worker-private */
     bool retiring;          /* leaving through may_retire (counted in p->retiring) */
-    bool awaited;           /* a spawner waits for its init: not to be reaped; under lock */
+    const void *awaited;    /* the batch of a spawner waiting for its init, which keeps it
+                               from being reaped; NULL if none; under lock */
     int init_rc;            /* the init hook's result, reported to the spawner */
     crew__event started_ev; /* set once init has run */
     struct worker *next;    /* in p->workers, under p->lock */
@@ -570,12 +571,11 @@ static void worker_free(worker *w)
     crew__free(w);
 }
 
-/* Starts one worker. Called with p->lock held. With wait, the lock is dropped while the
- * worker's init hook runs (so a hook may call into the pool) and the hook's result is
- * returned; without (growth from a submit), it returns at once and a failing hook only
- * logs. The worker is listed and counted live from the start, so concurrent spawns never
- * overshoot the maximum. */
-static int spawn_locked(crew_pool *p, bool wait)
+/* Starts one worker and returns at once. Called with p->lock held. With a batch tag, the
+ * worker is pinned (awaited) until spawn_n_locked has read its init hook's result; without
+ * (growth from a submit), a failing hook only logs. The worker is listed and counted live
+ * from the start, so concurrent spawns never overshoot the maximum. */
+static int spawn_locked(crew_pool *p, const void *batch)
 {
     worker *w = crew__aligned_alloc(CREW__CACHELINE, sizeof *w);
     if (!w)
@@ -592,6 +592,7 @@ static int spawn_locked(crew_pool *p, bool wait)
     w->pool = p;
     w->id = p->next_id++;
     w->spin_ns = SPIN_MIN;
+    w->awaited = batch; /* w may start, run its hook and exit before we look: not reaped */
     crew__event_init(&w->started_ev);
     w->next = p->workers;
     p->workers = w;
@@ -606,17 +607,39 @@ static int spawn_locked(crew_pool *p, bool wait)
         logf_(p, CREW_LOG_ERROR, "worker_create_failed", "error", crew_strerror(rc));
         return rc;
     }
-    if (!wait)
-        return 0;
-    /* w may start, finish and exit before we look again: awaited keeps reap_locked from
-     * freeing it until we have read its result. */
-    w->awaited = true;
-    crew__check(pthread_mutex_unlock(&p->lock));
-    crew__event_wait(&w->started_ev, CREW_FOREVER);
-    crew__check(pthread_mutex_lock(&p->lock));
-    w->awaited = false;
-    rc = w->init_rc;
-    if (rc)
+    return 0;
+}
+
+/* Starts n workers and waits until each has run its init hook: all started at once, not
+ * one after another (a thread's start-up costs tens of microseconds, more in a VM). Called
+ * with p->lock held, which is dropped while waiting (so a hook may call into the pool).
+ * Returns 0 or the first error: a thread that could not be created (no more are started)
+ * or an init hook's; workers whose hook failed have left, and are reaped. */
+static int spawn_n_locked(crew_pool *p, unsigned n)
+{
+    char batch; /* its address tags this call's workers */
+    int rc = 0;
+    for (unsigned i = 0; i < n && rc == 0; i++)
+        rc = spawn_locked(p, &batch);
+    /* Ours stay listed (pinned) in the order they were prepended; nodes that others add go
+     * in front and nodes that others reap are unlinked, so one pass from the head, resumed
+     * from each pinned node's current next, meets every one of ours. */
+    bool failed = false;
+    for (worker *w = p->workers;; w = w->next) {
+        while (w && w->awaited != &batch)
+            w = w->next;
+        if (!w)
+            break;
+        crew__check(pthread_mutex_unlock(&p->lock));
+        crew__event_wait(&w->started_ev, CREW_FOREVER);
+        crew__check(pthread_mutex_lock(&p->lock));
+        w->awaited = NULL;
+        if (w->init_rc) {
+            failed = true;
+            rc = rc ? rc : w->init_rc;
+        }
+    }
+    if (failed)
         reap_locked(p);
     return rc;
 }
@@ -997,8 +1020,7 @@ int crew_pool_create(crew_pool **out, const crew_pool_opts *opts)
     bool parent_done = crew__ctx_watch(p->ctx, &p->ctx_node, on_pool_ctx_cancel, p) != 0;
 
     crew__check(pthread_mutex_lock(&p->lock));
-    for (unsigned i = 0; i < min && rc == 0; i++)
-        rc = spawn_locked(p, true);
+    rc = spawn_n_locked(p, min);
     crew__check(pthread_mutex_unlock(&p->lock));
     if (rc) {
         crew_pool_destroy(p);
@@ -1054,7 +1076,7 @@ static void maybe_grow(crew_pool *p)
     crew__check(pthread_mutex_lock(&p->lock));
     reap_locked(p);
     if (p->live < atomic_load(&p->max) && atomic_load(&p->state) == OPEN)
-        (void)spawn_locked(p, false); /* failure is logged; the pool goes on with what it has */
+        (void)spawn_locked(p, NULL); /* failure is logged; the pool goes on with what it has */
     crew__check(pthread_mutex_unlock(&p->lock));
 }
 
@@ -1410,8 +1432,8 @@ int crew_pool_resize(crew_pool *p, unsigned min, unsigned max)
     atomic_store(&p->min, min);
     atomic_store(&p->max, max);
     atomic_store(&p->elastic, max > min);
-    while (p->live < min && rc == 0)
-        rc = spawn_locked(p, true);
+    if (p->live < min)
+        rc = spawn_n_locked(p, min - p->live);
     unsigned excess = p->live > max ? p->live - max : 0;
     atomic_store(&p->excess, excess);
 out:

@@ -983,6 +983,50 @@ static int init_calls_pool(void *hook_arg, unsigned id, void **st)
 
 static gate slow_init_gate;
 
+/* What init_meet's hooks wait for: target workers inside their hooks at once. */
+typedef struct meet {
+    _Atomic unsigned target, inside;
+} meet;
+
+/* Waits (up to 10 s) until m->target workers are inside their init hooks at once: a pool
+ * that started its workers one after another, each waiting for the hook before, would
+ * make it fail. */
+static int init_meet(void *hook_arg, unsigned id, void **st)
+{
+    (void)id, (void)st;
+    meet *m = hook_arg;
+    atomic_fetch_add(&m->inside, 1);
+    int64_t until = crew_deadline_in(10 * CREW_SEC);
+    while (atomic_load(&m->inside) < atomic_load(&m->target))
+        if (crew_now() > until)
+            return -ETIMEDOUT;
+        else
+            sched_yield();
+    return 0;
+}
+
+/* create and resize start their new workers together and wait for all their hooks. */
+static void test_workers_start_together(void **state)
+{
+    (void)state;
+    meet m = {.target = 4};
+    crew_pool *p;
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 4, .init = init_meet, .hook_arg = &m}),
+        0);
+    assert_int_equal(stats_of(p).workers, 4);
+    crew_pool_destroy(p);
+
+    m = (meet){.target = 1};
+    assert_int_equal(
+        crew_pool_create(&p, &(crew_pool_opts){.workers = 1, .init = init_meet, .hook_arg = &m}),
+        0);
+    atomic_store(&m.target, 4); /* worker 0 counts; the 3 new ones must meet it at once */
+    assert_int_equal(crew_pool_resize(p, 4, 4), 0);
+    assert_int_equal(stats_of(p).workers, 4);
+    crew_pool_destroy(p);
+}
+
 /* Worker 0 starts at once; later workers wait at a gate in their init hook. */
 static int init_slow(void *hook_arg, unsigned id, void **st)
 {
@@ -1511,6 +1555,7 @@ int main(void)
         leak_test(test_destroy_unread_results),
         leak_test(test_submit_ctx_and_past_deadline),
         leak_test(test_init_hooks_unlocked),
+        leak_test(test_workers_start_together),
         leak_test(test_many_functions),
         leak_test(test_self_submit_waits_for_others),
         leak_test(test_resize),
