@@ -12,7 +12,8 @@
  * - b: the same jobs run inline first to give the single-threaded work time.
  * - c: CPU time is getrusage(RUSAGE_SELF) at the end: the whole process.
  * - d: bytes per job from VmRSS before the pool exists to VmHWM at the end.
- * - e: CPU during the paced phase minus the producer thread's own CPU (it busy-waits).
+ * - e: CPU during the paced phase minus the producer thread's own CPU (it busy-waits), and
+ *   process CPU over the quiet phase after it (no submit for 200 ms).
  */
 #include "harness.h"
 
@@ -24,8 +25,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#define QUEUE_CAP_DEFAULT 4096          /* bounded peers' queue capacity in a, b, c, e */
-#define PACE_NS           (50 * 1000)   /* workload e: one submit per 50 us */
+#define QUEUE_CAP_DEFAULT 4096                /* bounded peers' queue capacity in a, b, c, e */
+#define PACE_NS           (50 * 1000)         /* workload e: one submit per 50 us */
+#define QUIET_NS          (200 * 1000 * 1000) /* e: then no submit for 200 ms */
 #define GATE_WAIT_NS      (5000000000L) /* d: how long to wait for workers to reach the gate */
 
 uint64_t bench_work_iters = 700;
@@ -103,6 +105,7 @@ struct bench_load {
     int64_t cpu_proc0;     /* e: process CPU at t_start, ns */
     int64_t cpu_proc1;     /* e: process CPU at t_done */
     int64_t cpu_prod;      /* e: the producer thread's CPU over its loop */
+    int64_t cpu_quiet;     /* e: process CPU over the quiet phase that follows */
     long rss_queued_kb;    /* d: VmRSS with every job queued */
     uint64_t queued;       /* d: jobs still queued when it was read */
     uint64_t allocs0;      /* d: peer allocations before the submits */
@@ -192,6 +195,11 @@ void bench_produce(bench_load *l, bench_submit_fn submit, void *pool)
             submit(pool, BENCH_STAMP, &l->stamps[i]);
         }
         l->cpu_prod = cpu_ns(RUSAGE_THREAD) - prod0;
+        /* Then no work at all for QUIET_NS, the producer asleep: what the pool burns with
+         * nothing to do (spinning workers show here; parked ones do not). */
+        int64_t q0 = cpu_ns(RUSAGE_SELF);
+        sleep_ns(QUIET_NS);
+        l->cpu_quiet = cpu_ns(RUSAGE_SELF) - q0;
         break;
     }
     }
@@ -363,12 +371,14 @@ int bench_main(int argc, char **argv, const bench_peer *peer)
         for (size_t i = 0; i < l.jobs; i++)
             lat[i] = l.stamps[i].latency;
         qsort(lat, l.jobs, sizeof *lat, cmp_i64);
-        int64_t idle = (l.cpu_proc1 - l.cpu_proc0) - l.cpu_prod;
+        int64_t idle = (l.cpu_proc1 - l.cpu_proc0) - l.cpu_prod - l.cpu_quiet;
+        int64_t paced = wall - QUIET_NS;
         printf("e p50_us=%.2f\ne p99_us=%.2f\ne max_us=%.2f\ne idle_cpu_ms=%.2f\n"
-               "e idle_cpu_pct=%.1f\n",
+               "e idle_cpu_pct=%.1f\ne quiet_cpu_pct=%.1f\n",
                (double)lat[l.jobs / 2] / 1e3, (double)lat[l.jobs * 99 / 100] / 1e3,
                (double)lat[l.jobs - 1] / 1e3, (double)idle / 1e6,
-               100.0 * (double)idle / (double)wall);
+               100.0 * (double)idle / (double)paced,
+               100.0 * (double)l.cpu_quiet / (double)QUIET_NS);
         free(lat);
         free(l.stamps);
         break;

@@ -36,7 +36,8 @@ const (
 	queueCapDefault = 4096
 	resultsCap      = 4096
 	paceNs          = 50 * 1000
-	rusageThread    = 1 // RUSAGE_THREAD
+	quietNs         = 200 * 1000 * 1000 // e: no submit for 200 ms after the paced jobs
+	rusageThread    = 1                 // RUSAGE_THREAD
 )
 
 // Job is what travels on the jobs channel: a kind and, for kStamp, its stamp's index.
@@ -235,7 +236,7 @@ func main() {
 		close(results)
 	}()
 
-	var tStart, proc0, prodCpu, rssQueued int64
+	var tStart, proc0, prodCpu, rssQueued, quietCpu int64
 	var queued int64
 	go func() {
 		defer close(jobs)
@@ -274,6 +275,10 @@ func main() {
 				jobs <- Job{kind: kStamp, idx: i}
 			}
 			prodCpu = cpuNs(rusageThread) - prod0
+			// Then no work at all for quietNs, the producer asleep (as harness.c).
+			q0 := cpuNs(syscall.RUSAGE_SELF)
+			time.Sleep(quietNs)
+			quietCpu = cpuNs(syscall.RUSAGE_SELF) - q0
 		}
 	}()
 
@@ -313,10 +318,12 @@ func main() {
 			lat[i] = stamps[i].latency
 		}
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		idle := (proc1 - proc0) - prodCpu
+		idle := (proc1 - proc0) - prodCpu - quietCpu
+		paced := wall - quietNs
 		fmt.Printf("e p50_us=%.2f\ne p99_us=%.2f\ne max_us=%.2f\ne idle_cpu_ms=%.2f\n"+
-			"e idle_cpu_pct=%.1f\n", float64(lat[n/2])/1e3, float64(lat[n*99/100])/1e3,
-			float64(lat[n-1])/1e3, float64(idle)/1e6, 100*float64(idle)/float64(wall))
+			"e idle_cpu_pct=%.1f\ne quiet_cpu_pct=%.1f\n", float64(lat[n/2])/1e3,
+			float64(lat[n*99/100])/1e3, float64(lat[n-1])/1e3, float64(idle)/1e6,
+			100*float64(idle)/float64(paced), 100*float64(quietCpu)/float64(quietNs))
 	}
 	if sink == 42 {
 		fmt.Fprintln(os.Stderr, "")
