@@ -817,10 +817,10 @@ size_t crew_group_errors(crew_group *g, crew_group_error *out, size_t n)
 
 unsigned crew__group_slot_waiters(const crew_group *g)
 {
-    return atomic_load(&((crew_group *)g)->slot_ec.waiters);
+    return crew__ec_waiters(&((crew_group *)g)->slot_ec);
 }
 
 unsigned crew__group_done_waiters(const crew_group *g)
 {
-    return atomic_load(&((crew_group *)g)->done_ec.waiters);
+    return crew__ec_waiters(&((crew_group *)g)->done_ec);
 }

@@ -124,11 +124,20 @@ int crew__event_wait(crew__event *e, int64_t deadline);
  *           else crew__ec_wait(ec, key, deadline);
  * Notifier: make the condition true, then crew__ec_notify(ec, n).
  * A notify that comes after prepare is never lost. notify costs one load when nobody
- * waits. */
+ * waits, and also when every waiter already has a wake-up coming: a woken thread stays a
+ * waiter until it has run, which on a busy machine can take a time slice, and without
+ * that rule every notify in the meantime would be a futile system call. */
 typedef struct crew__ec {
-    _Atomic uint32_t seq;     /* bumped by each notify that found waiters */
-    _Atomic uint32_t waiters; /* threads between prepare and the end of wait/cancel */
+    _Atomic uint32_t seq;   /* bumped by each notify that wakes someone */
+    _Atomic uint64_t state; /* low 32 bits: waiters (threads between prepare and the end of
+                               wait/cancel); high 32: wake-ups in flight, never more than
+                               the waiters (each leaving waiter takes one back) */
 } crew__ec;
+/* Threads between prepare and the end of their wait or cancel (a seq_cst load). */
+static inline uint32_t crew__ec_waiters(crew__ec *ec)
+{
+    return (uint32_t)atomic_load_explicit(&ec->state, memory_order_seq_cst);
+}
 void crew__ec_init(crew__ec *ec);
 uint32_t crew__ec_prepare(crew__ec *ec);
 void crew__ec_cancel(crew__ec *ec);

@@ -537,8 +537,8 @@ static bool pop_any(crew_pool *p, uint32_t *fn_id, void **arg, uint64_t *ticks)
              * half, not one per pop: that would make a wake-up per job. The pop that crosses
              * the threshold comes after their "full" check, and its seq_cst load (after the
              * seq_cst CAS in ring_pop) sees their announcement. */
-            if (crew__unlikely(atomic_load_explicit(&p->space_ec.waiters, memory_order_seq_cst)) &&
-                !p->unbuffered && ring_len(r) <= r->cap / 2)
+            if (crew__unlikely(crew__ec_waiters(&p->space_ec)) && !p->unbuffered &&
+                ring_len(r) <= r->cap / 2)
                 crew__ec_notify_after_rmw(&p->space_ec, INT_MAX);
             return true;
         }
@@ -819,7 +819,7 @@ static void *worker_main(void *arg)
             /* More work waits and nobody is idle: an elastic pool grows. (Submits grow it
              * too, but one that saw a worker about to wake would not.) */
             if (atomic_load_explicit(&p->elastic, memory_order_relaxed) &&
-                atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed) == 0 &&
+                crew__ec_waiters(&p->work_ec) == 0 &&
                 atomic_load_explicit(&p->spinning, memory_order_relaxed) == 0 && !queues_empty(p))
                 maybe_grow(p);
             run_job(p, w, fn_id, job, ticks, &clock);
@@ -1102,12 +1102,12 @@ static int try_push(crew_pool *p, ring *r, uint32_t fn_id, void *arg, uint64_t t
      * time of a real wake-up (a system call follows anyway) tells the woken worker how
      * soon work came after it went idle, however late the kernel runs it. */
     if (atomic_load_explicit(&p->spinning, memory_order_seq_cst) == 0) {
-        if (atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed))
+        if (crew__ec_waiters(&p->work_ec))
             atomic_store_explicit(&p->work_woken, crew__ticks(), memory_order_relaxed);
         crew__ec_notify_after_rmw(&p->work_ec, 1);
     }
     if (atomic_load_explicit(&p->elastic, memory_order_relaxed) &&
-        atomic_load_explicit(&p->work_ec.waiters, memory_order_relaxed) == 0)
+        crew__ec_waiters(&p->work_ec) == 0)
         maybe_grow(p);
     return 0;
 }
@@ -1507,5 +1507,5 @@ int crew__pool_help(crew_pool *p)
 
 unsigned crew__pool_space_waiters(crew_pool *p)
 {
-    return atomic_load(&p->space_ec.waiters);
+    return crew__ec_waiters(&p->space_ec);
 }

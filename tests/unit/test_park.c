@@ -67,13 +67,34 @@ static void test_eventcount(void **state)
     assert_int_equal(atomic_load(&ec.seq), 0);
     /* prepare then cancel leaves no waiter behind. */
     (void)crew__ec_prepare(&ec);
-    assert_int_equal(atomic_load(&ec.waiters), 1);
+    assert_int_equal(crew__ec_waiters(&ec), 1);
     crew__ec_cancel(&ec);
-    assert_int_equal(atomic_load(&ec.waiters), 0);
+    assert_int_equal(crew__ec_waiters(&ec), 0);
+    /* A notify wakes each waiter once: while every waiter has a wake-up coming (a woken
+     * thread stays a waiter until it runs), further notifies make no system call. */
+    (void)crew__ec_prepare(&ec);
+    (void)crew__ec_prepare(&ec);
+    crew__ec_notify(&ec, 1);
+    assert_int_equal(atomic_load(&ec.seq), 1);
+    crew__ec_notify(&ec, 1);
+    assert_int_equal(atomic_load(&ec.seq), 2);
+    crew__ec_notify(&ec, 1); /* both covered: nothing to do */
+    crew__ec_notify(&ec, INT32_MAX);
+    assert_int_equal(atomic_load(&ec.seq), 2);
+    crew__ec_cancel(&ec); /* a leaving waiter takes one wake-up back... */
+    (void)crew__ec_prepare(&ec);
+    crew__ec_notify(&ec, INT32_MAX); /* ...so the newcomer gets one */
+    assert_int_equal(atomic_load(&ec.seq), 3);
+    crew__ec_cancel(&ec);
+    crew__ec_cancel(&ec);
+    assert_int_equal(atomic_load(&ec.state), 0);
+    crew__ec_notify(&ec, INT32_MAX);
+    assert_int_equal(atomic_load(&ec.seq), 3);
+    atomic_store(&ec.seq, 0);
     /* A wait with nobody notifying times out. */
     uint32_t key = crew__ec_prepare(&ec);
     assert_int_equal(crew__ec_wait(&ec, key, crew_deadline_in(CREW_MSEC)), CREW_ETIMEDOUT);
-    assert_int_equal(atomic_load(&ec.waiters), 0);
+    assert_int_equal(crew__ec_waiters(&ec), 0);
 
     for (int round = 0; round < (int)stress_scaled(2000); round++) {
         _Atomic int flag = 0;
@@ -91,7 +112,7 @@ static void test_eventcount(void **state)
         }
         pthread_join(t, NULL);
     }
-    assert_int_equal(atomic_load(&ec.waiters), 0);
+    assert_int_equal(crew__ec_waiters(&ec), 0);
 }
 
 int main(void)
