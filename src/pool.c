@@ -494,10 +494,10 @@ static void run_job(crew_pool *p, worker *w, uint32_t fn_id, void *arg, uint64_t
         return;
     }
 
-    crew_ctx *ctx = p->ctx;
+    crew_ctx *ctx = p->ctx, *mine = NULL;
     bool child = false;
-    crew_ctx *mine = (crew_ctx *)(w->job_ctx + (size_t)tls_help_depth * ctx_stride());
     if (timeout > 0) {
+        mine = (crew_ctx *)(w->job_ctx + (size_t)tls_help_depth * ctx_stride());
         int crc = crew__ctx_init_child(mine, p->ctx, crew_deadline_in(timeout));
         if (crc == 0) {
             ctx = mine;
