@@ -19,14 +19,19 @@ start_jobs() {
     wait_until "[ \$(ls pid.* 2>/dev/null | wc -l) -eq $running ]"
 }
 
+# Lets the jobs finish (the file "go"), waits for crew and checks its exit status is $1.
+release_and_expect() {
+    touch go
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq "$1" ]
+}
+
 @test "first SIGINT: no new job starts, running ones finish, summary printed, 130" {
     start_jobs plain 2 6
     kill -INT "$pid"
     wait_until 'grep -q "starting no more jobs" err'
-    touch go
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 130 ]
+    release_and_expect 130
     [ "$(grep -c '^done' out)" -eq 2 ]
     [ ! -e pid.3 ]
     grep -q "2 ok, 0 failed (0 timed out), 0 retried, 4 not started" err
@@ -36,19 +41,13 @@ start_jobs() {
     start_jobs plain 1 3
     kill -TERM "$pid"
     wait_until 'grep -q "SIGTERM: starting no more jobs" err'
-    touch go
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 143 ]
+    release_and_expect 143
     rm -f go pid.*
     start_jobs plain 1 3
     kill -HUP "$pid"
     wait_until 'grep -q "SIGHUP: starting no more jobs" err'
     kill -HUP "$pid" # only drains, never escalates
-    touch go
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 129 ]
+    release_and_expect 129
     [ "$(grep -c '^done' out)" -eq 1 ]
 }
 
@@ -112,10 +111,7 @@ start_jobs() {
     wait_until '[ -s orphan.1 ] && [ -s pid.1 ]'
     kill -INT "$pid"
     wait_until 'grep -q "SIGINT: starting no more jobs; waiting for 1 running" err'
-    touch go
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 130 ]
+    release_and_expect 130
     grep -q "1 ok, 0 failed" err
     none_alive pid.1 orphan.1
 }
