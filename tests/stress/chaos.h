@@ -40,6 +40,24 @@ static inline void chaos_violation(chaos *c, const char *what, long a, long b)
                 (unsigned long long)c->seed);
 }
 
+/* Puts a fresh ctx in *shared (guarded by mu) and cancels the one it replaces, so that
+ * whoever waits on the old one sees a cancel. 0, or crew_ctx_with_cancel's error (then
+ * nothing changed). Shared by every stress test whose calls wait on a ctx being cancelled. */
+static inline int chaos_replace_ctx(pthread_mutex_t *mu, crew_ctx **shared)
+{
+    crew_ctx *fresh = NULL;
+    int rc = crew_ctx_with_cancel(NULL, &fresh);
+    if (rc != 0)
+        return rc;
+    crew__check(pthread_mutex_lock(mu));
+    crew_ctx *old = *shared;
+    *shared = fresh;
+    crew__check(pthread_mutex_unlock(mu));
+    crew_ctx_cancel(old, 0);
+    crew_ctx_release(old);
+    return 0;
+}
+
 /* Cancels the shared ctx over and over, from its own thread, while calls wait on it. */
 static inline void *chaos_main(void *arg)
 {
@@ -48,17 +66,10 @@ static inline void *chaos_main(void *arg)
         /* Pacing the cancels, not synchronising anything. */
         struct timespec ts = {0, (long)(50 * CREW_USEC + rng_next(&c->rng) % (400 * CREW_USEC))};
         nanosleep(&ts, NULL);
-        crew_ctx *fresh = NULL;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
+        if (chaos_replace_ctx(&c->mu, &c->ctx) != 0) {
             chaos_violation(c, "crew_ctx_with_cancel failed", 0, 0);
             break;
         }
-        crew__check(pthread_mutex_lock(&c->mu));
-        crew_ctx *old = c->ctx;
-        c->ctx = fresh;
-        crew__check(pthread_mutex_unlock(&c->mu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
     }
     return NULL;
 }

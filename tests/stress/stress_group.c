@@ -15,6 +15,7 @@
  * allows. Helper threads never assert: they count violations, checked after joining them.
  * CREW_STRESS_SEED replays a run; CREW_STRESS_SCALE scales it.
  */
+#include "chaos.h"
 #include "internal.h"
 #include "testutil.h"
 
@@ -184,7 +185,7 @@ static _Atomic long big_cancels;
 
 /* Cancels the shared ctx again and again; once, at a random moment, does the round's big
  * cancel (parent, group ctx, or pool). */
-static void *chaos(void *arg)
+static void *chaos_thread(void *arg)
 {
     actor *a = arg;
     world *w = a->w;
@@ -192,17 +193,10 @@ static void *chaos(void *arg)
     for (long n = 0; atomic_load(&w->submitting) > 0; n++) {
         struct timespec ts = {0, (long)(20 * CREW_USEC + rng_next(&a->seed) % (200 * CREW_USEC))};
         nanosleep(&ts, NULL); /* pacing the cancels, not synchronising */
-        crew_ctx *fresh = NULL;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
+        if (chaos_replace_ctx(&w->gmu, &w->shared) != 0) {
             violation(w, "crew_ctx_with_cancel failed", 0, 0);
             break;
         }
-        crew__check(pthread_mutex_lock(&w->gmu));
-        crew_ctx *old = w->shared;
-        w->shared = fresh;
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
         if (n == big_at) {
             atomic_fetch_add(&big_cancels, 1);
             if (w->chaos_kind == 1)
@@ -316,7 +310,7 @@ static void round_(uint64_t seed, long per_submitter)
         assert_int_equal(pthread_create(&sub[i].tid, NULL, submitter, &sub[i]), 0);
     }
     assert_int_equal(pthread_create(&wt.tid, NULL, waiter, &wt), 0);
-    assert_int_equal(pthread_create(&ch.tid, NULL, chaos, &ch), 0);
+    assert_int_equal(pthread_create(&ch.tid, NULL, chaos_thread, &ch), 0);
     for (int i = 0; i < SUBMITTERS; i++)
         assert_int_equal(pthread_join(sub[i].tid, NULL), 0);
     assert_int_equal(pthread_join(wt.tid, NULL), 0);

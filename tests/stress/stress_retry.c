@@ -12,6 +12,7 @@
  * last backoff); every delay lies in [0, ceiling]. Helper threads count violations; the
  * main thread checks them. CREW_STRESS_SEED replays a run; CREW_STRESS_SCALE scales it.
  */
+#include "chaos.h"
 #include "internal.h"
 #include "retry_internal.h"
 #include "testutil.h"
@@ -167,24 +168,17 @@ static void *runner(void *arg)
     return NULL;
 }
 
-static void *chaos(void *arg)
+static void *chaos_thread(void *arg)
 {
     world *w = arg;
     uint64_t seed = w->seed ^ 0xC4A05;
     while (!atomic_load(&w->stop_chaos)) {
         struct timespec ts = {0, (long)(10 * CREW_USEC + rng_next(&seed) % (100 * CREW_USEC))};
         nanosleep(&ts, NULL); /* pacing the cancels, not synchronising */
-        crew_ctx *fresh;
-        if (crew_ctx_with_cancel(NULL, &fresh) != 0) {
+        if (chaos_replace_ctx(&w->gmu, &w->shared) != 0) {
             violation(w, "crew_ctx_with_cancel failed", 0, 0);
             break;
         }
-        crew__check(pthread_mutex_lock(&w->gmu));
-        crew_ctx *old = w->shared;
-        w->shared = fresh;
-        crew__check(pthread_mutex_unlock(&w->gmu));
-        crew_ctx_cancel(old, 0);
-        crew_ctx_release(old);
     }
     return NULL;
 }
@@ -200,7 +194,7 @@ static void test_retry_storm(void **state)
     assert_int_equal(crew_ctx_with_cancel(NULL, &w.shared), 0);
     pthread_t ch, t[THREADS];
     void *args[THREADS][2];
-    assert_int_equal(pthread_create(&ch, NULL, chaos, &w), 0);
+    assert_int_equal(pthread_create(&ch, NULL, chaos_thread, &w), 0);
     for (int i = 0; i < THREADS; i++) {
         args[i][0] = &w;
         args[i][1] = (void *)(uintptr_t)(w.seed * 131 + (uint64_t)i + 1);
