@@ -19,12 +19,17 @@ start_jobs() {
     wait_until "[ \$(ls pid.* 2>/dev/null | wc -l) -eq $running ]"
 }
 
-# Lets the jobs finish (the file "go"), waits for crew and checks its exit status is $1.
-release_and_expect() {
-    touch go
+# Waits for crew ($pid) and checks that its exit status is $1.
+expect_exit() {
     status=0
     wait "$pid" || status=$?
     [ "$status" -eq "$1" ]
+}
+
+# Lets the jobs finish (the file "go"), then expect_exit $1.
+release_and_expect() {
+    touch go
+    expect_exit "$1"
 }
 
 @test "first SIGINT: no new job starts, running ones finish, summary printed, 130" {
@@ -56,9 +61,7 @@ release_and_expect() {
     kill -INT "$pid"
     wait_until 'grep -q "starting no more jobs" err'
     kill -INT "$pid"
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 130 ]
+    expect_exit 130
     [ -e term.1 ] && [ -e term.2 ]
     grep -q "terminating 2 running jobs" err
     grep -q "0 ok, 2 failed" err
@@ -72,9 +75,7 @@ release_and_expect() {
     kill -INT "$pid"
     wait_until 'grep -q "terminating" err'
     kill -TERM "$pid"
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 143 ]
+    expect_exit 143
     grep -q "killing every job" err
     none_alive pid.*
 }
@@ -86,9 +87,7 @@ release_and_expect() {
     kill -INT "$pid"
     wait_until 'grep -q "starting no more jobs" err'
     kill -INT "$pid"
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 130 ]
+    expect_exit 130
     none_alive pid.1
 }
 
@@ -99,9 +98,7 @@ release_and_expect() {
     kill -INT "$pid"
     wait_until 'grep -q "starting no more jobs" err'
     kill -INT "$pid"
-    status=0
-    wait "$pid" || status=$?
-    [ "$status" -eq 130 ]
+    expect_exit 130
     none_alive pid.1 pid.2 orphan.1 orphan.2
 }
 
@@ -137,11 +134,7 @@ release_and_expect() {
     pid=$!
     wait_until '[ -s pid.1 ]'
     kill -INT "$pid" # bats starts background jobs with SIGINT ignored
-    nohup_pid=$pid
-    touch go
-    status=0
-    wait "$nohup_pid" || status=$?
-    [ "$status" -eq 0 ]
+    release_and_expect 0
     ! grep -q SIGINT err
 }
 
