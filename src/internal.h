@@ -144,8 +144,9 @@ void crew__ec_cancel(crew__ec *ec);
 int crew__ec_wait(crew__ec *ec, uint32_t key, int64_t deadline); /* 0 or CREW_ETIMEDOUT */
 void crew__ec_notify(crew__ec *ec, int n);                       /* n = INT32_MAX wakes all */
 /* As crew__ec_notify, for a caller whose condition change was itself a seq_cst
- * read-modify-write (a CAS): that RMW orders it, so no fence is needed. */
-void crew__ec_notify_after_rmw(crew__ec *ec, int n);
+ * read-modify-write (a CAS): that RMW orders it, so no fence is needed. True if it sent a
+ * wake-up (a system call), false if nobody needed one. */
+bool crew__ec_notify_after_rmw(crew__ec *ec, int n);
 
 /* ---- contexts (ctx.c): waiting on a ctx from other modules ----------------------------- */
 

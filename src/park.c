@@ -132,23 +132,24 @@ int crew__ec_wait(crew__ec *ec, uint32_t key, int64_t deadline)
  * below: it either sleeps already (and the futex wake reaches it, or reaches another
  * sleeper while it stays counted without a wake-up, for the next notify), or sees the
  * bump and does not sleep. */
-void crew__ec_notify_after_rmw(crew__ec *ec, int n)
+bool crew__ec_notify_after_rmw(crew__ec *ec, int n)
 {
     uint64_t s = atomic_load_explicit(&ec->state, memory_order_seq_cst);
     uint32_t add;
     do {
         uint32_t waiters = (uint32_t)s, pending = (uint32_t)(s >> 32);
         if (pending >= waiters)
-            return; /* nobody waits, or every waiter has a wake-up coming */
+            return false; /* nobody waits, or every waiter has a wake-up coming */
         add = (uint32_t)n < waiters - pending ? (uint32_t)n : waiters - pending;
     } while (!atomic_compare_exchange_weak_explicit(&ec->state, &s, s + add * EC_PENDING,
                                                     memory_order_seq_cst, memory_order_relaxed));
     atomic_fetch_add_explicit(&ec->seq, 1, memory_order_release);
     crew__futex_wake(&ec->seq, (int)add);
+    return true;
 }
 
 void crew__ec_notify(crew__ec *ec, int n)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    crew__ec_notify_after_rmw(ec, n);
+    (void)crew__ec_notify_after_rmw(ec, n);
 }

@@ -1099,13 +1099,11 @@ static int try_push(crew_pool *p, ring *r, uint32_t fn_id, void *arg, uint64_t t
         return rc;
     }
     /* The CAS in ring_push was the seq_cst RMW: wake a parked worker if none spins. The
-     * time of a real wake-up (a system call follows anyway) tells the woken worker how
-     * soon work came after it went idle, however late the kernel runs it. */
-    if (atomic_load_explicit(&p->spinning, memory_order_seq_cst) == 0) {
-        if (crew__ec_waiters(&p->work_ec))
-            atomic_store_explicit(&p->work_woken, crew__ticks(), memory_order_relaxed);
-        crew__ec_notify_after_rmw(&p->work_ec, 1);
-    }
+     * time of a real wake-up (stamped only then, after its system call) tells the woken
+     * worker how soon work came after it went idle, however late the kernel runs it. */
+    if (atomic_load_explicit(&p->spinning, memory_order_seq_cst) == 0 &&
+        crew__ec_notify_after_rmw(&p->work_ec, 1))
+        atomic_store_explicit(&p->work_woken, crew__ticks(), memory_order_relaxed);
     if (atomic_load_explicit(&p->elastic, memory_order_relaxed) &&
         crew__ec_waiters(&p->work_ec) == 0)
         maybe_grow(p);
